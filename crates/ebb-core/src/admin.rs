@@ -1,0 +1,222 @@
+//! Topic administration and cluster metadata through Kafka's admin API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::metadata::Metadata;
+
+use crate::kafka::KafkaOptions;
+
+/// What went wrong talking to the cluster, worded for the person at the terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// No broker answered within the request timeout.
+    #[error("{0}")]
+    Unreachable(String),
+    /// `topic create` for a name that is taken.
+    #[error("topic \"{0}\" already exists (pass --if-not-exists to accept that)")]
+    TopicExists(String),
+    /// The topic is not in the cluster.
+    #[error("topic \"{0}\" does not exist; create it with: ebb topic create {0} --partitions N")]
+    UnknownTopic(String),
+    /// Anything else Kafka said no to.
+    #[error("{context}: {source}")]
+    Kafka {
+        /// What ebb was doing.
+        context: String,
+        /// Kafka's reason.
+        #[source]
+        source: KafkaError,
+    },
+}
+
+/// One topic as `ebb topic list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// Topic name.
+    pub name: String,
+    /// Number of partitions.
+    pub partitions: usize,
+    /// Replicas of partition 0 (all partitions share it for topics ebb creates).
+    pub replication: usize,
+}
+
+/// A connection to the cluster for administrative requests.
+pub struct Admin {
+    client: Arc<AdminClient<DefaultClientContext>>,
+    options: KafkaOptions,
+}
+
+impl Admin {
+    /// Creates the admin client (no network traffic until the first request).
+    pub fn new(options: &KafkaOptions) -> Result<Self, AdminError> {
+        let client = options
+            .client_config()
+            .create()
+            .map_err(|source| AdminError::Kafka {
+                context: "cannot create the Kafka admin client (check -X properties)".into(),
+                source,
+            })?;
+        Ok(Admin {
+            client: Arc::new(client),
+            options: options.clone(),
+        })
+    }
+
+    /// Cluster metadata, all topics or one; fails with [`AdminError::Unreachable`] when no
+    /// broker answers within the request timeout.
+    pub async fn metadata(&self, topic: Option<&str>) -> Result<Metadata, AdminError> {
+        let timeout = self.options.request_timeout;
+        let client = Arc::clone(&self.client);
+        let topic = topic.map(str::to_owned);
+        let result = tokio::task::spawn_blocking(move || {
+            client.inner().fetch_metadata(topic.as_deref(), timeout)
+        })
+        .await
+        .map_err(|e| AdminError::Unreachable(format!("metadata request aborted: {e}")))?;
+        result.map_err(|source| self.classify(source, "metadata request failed"))
+    }
+
+    /// Creates `name` with `partitions` partitions and `replication` replicas per partition.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication: i32,
+        config: &[(String, String)],
+    ) -> Result<(), AdminError> {
+        self.metadata(None).await?;
+        let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+        for (key, value) in config {
+            topic = topic.set(key, value);
+        }
+        let options = AdminOptions::new()
+            .request_timeout(Some(self.options.request_timeout))
+            .operation_timeout(Some(self.options.request_timeout));
+        let results = self
+            .client
+            .create_topics([&topic], &options)
+            .await
+            .map_err(|source| self.classify(source, "create topic request failed"))?;
+        for result in results {
+            match result {
+                Ok(_) => {}
+                Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    return Err(AdminError::TopicExists(topic));
+                }
+                Err((topic, code)) => {
+                    return Err(AdminError::Kafka {
+                        context: format!("cannot create topic \"{topic}\""),
+                        source: KafkaError::AdminOp(code),
+                    });
+                }
+            }
+        }
+        // Creation is asynchronous on the controller; wait until the metadata shows every
+        // partition with a leader so the caller can produce at once.
+        let deadline = tokio::time::Instant::now() + self.options.request_timeout;
+        loop {
+            if let Ok(info) = self.topic(name).await
+                && info.partitions == partitions as usize
+            {
+                let metadata = self.metadata(Some(name)).await?;
+                let ready = metadata.topics().iter().all(|t| {
+                    t.partitions()
+                        .iter()
+                        .all(|p| p.leader() >= 0 && p.error().is_none())
+                });
+                if ready {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(AdminError::Unreachable(format!(
+                    "topic \"{name}\" was created but its partitions have no leader after {:?}",
+                    self.options.request_timeout
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Deletes `name` (tests clean up after themselves with this).
+    pub async fn delete_topic(&self, name: &str) -> Result<(), AdminError> {
+        let options = AdminOptions::new().request_timeout(Some(self.options.request_timeout));
+        let results = self
+            .client
+            .delete_topics(&[name], &options)
+            .await
+            .map_err(|source| self.classify(source, "delete topic request failed"))?;
+        for result in results {
+            if let Err((topic, code)) = result {
+                if code == RDKafkaErrorCode::UnknownTopicOrPartition {
+                    return Err(AdminError::UnknownTopic(topic));
+                }
+                return Err(AdminError::Kafka {
+                    context: format!("cannot delete topic \"{topic}\""),
+                    source: KafkaError::AdminOp(code),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// All topics but Kafka's internal ones, sorted by name.
+    pub async fn list_topics(&self) -> Result<Vec<TopicInfo>, AdminError> {
+        let metadata = self.metadata(None).await?;
+        let mut topics: Vec<TopicInfo> = metadata
+            .topics()
+            .iter()
+            .filter(|t| !t.name().starts_with("__"))
+            .map(|t| TopicInfo {
+                name: t.name().to_string(),
+                partitions: t.partitions().len(),
+                replication: t.partitions().first().map_or(0, |p| p.replicas().len()),
+            })
+            .collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(topics)
+    }
+
+    /// One topic's partition count and replication; [`AdminError::UnknownTopic`] if absent.
+    pub async fn topic(&self, name: &str) -> Result<TopicInfo, AdminError> {
+        let metadata = self.metadata(Some(name)).await?;
+        let topic = metadata.topics().iter().find(|t| t.name() == name);
+        match topic {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(TopicInfo {
+                name: name.to_string(),
+                partitions: t.partitions().len(),
+                replication: t.partitions().first().map_or(0, |p| p.replicas().len()),
+            }),
+            _ => Err(AdminError::UnknownTopic(name.to_string())),
+        }
+    }
+
+    fn classify(&self, source: KafkaError, context: &str) -> AdminError {
+        if is_unreachable(&source) {
+            AdminError::Unreachable(self.options.unreachable_hint())
+        } else {
+            AdminError::Kafka {
+                context: context.to_string(),
+                source,
+            }
+        }
+    }
+}
+
+/// Whether an error means no broker could be reached (as opposed to a refusal).
+pub fn is_unreachable(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::Resolve
+        )
+    )
+}

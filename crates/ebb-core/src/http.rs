@@ -1,0 +1,96 @@
+//! The HTTP side every ebb server has: `/metrics` (Prometheus), `/healthz`, `/readyz`,
+//! plus whatever routes a command adds (the producer's `/rate`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+
+/// Liveness and readiness as the process itself judges them.
+#[derive(Debug, Default)]
+pub struct Probes {
+    ready: AtomicBool,
+    stopping: AtomicBool,
+}
+
+impl Probes {
+    /// Marks the process ready (or not) to do its work.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Marks the process as shutting down: never ready again.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Ready and not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.stopping.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    registry: Arc<Registry>,
+    probes: Arc<Probes>,
+}
+
+/// The standard routes; merge a command's own routes into it with [`Router::merge`].
+pub fn standard_routes(registry: Arc<Registry>, probes: Arc<Probes>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(Shared { registry, probes })
+}
+
+async fn metrics(State(shared): State<Shared>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &shared.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("cannot encode metrics: {e}\n"),
+        ),
+    }
+}
+
+async fn readyz(State(shared): State<Shared>) -> impl IntoResponse {
+    if shared.probes.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// Binds `addr` and serves `router` in the background until the process ends. Binding
+/// happens before this returns, so a taken port is reported at once, naming `setting`.
+pub async fn serve(addr: SocketAddr, router: Router, setting: &str) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {addr} ({setting}): {e}; choose another address or free the port"
+        )
+    })?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!("HTTP server on {bound} stopped: {e}");
+        }
+    });
+    Ok(bound)
+}

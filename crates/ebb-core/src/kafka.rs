@@ -1,0 +1,202 @@
+//! Kafka client settings shared by every ebb command: where the brokers are and how to
+//! authenticate, turned into librdkafka properties in one place.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
+
+/// How ebb reaches Kafka. Mirrors the user-facing options one to one.
+#[derive(Debug, Clone)]
+pub struct KafkaOptions {
+    /// Comma-separated `host:port` list (`bootstrap.servers`).
+    pub bootstrap_servers: String,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl` (`security.protocol`).
+    pub security_protocol: SecurityProtocol,
+    /// SASL mechanism when the protocol is SASL: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub sasl_mechanism: Option<String>,
+    /// SASL user name.
+    pub sasl_username: Option<String>,
+    /// SASL password.
+    pub sasl_password: Option<String>,
+    /// CA bundle for TLS (`ssl.ca.location`); the system store when absent.
+    pub ssl_ca_location: Option<String>,
+    /// How long one-shot requests (metadata, admin) may take before ebb gives up.
+    pub request_timeout: Duration,
+    /// Extra librdkafka properties (`-X key=value`), applied last so they win.
+    pub extra: Vec<(String, String)>,
+}
+
+/// Kafka's `security.protocol` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityProtocol {
+    /// No TLS, no SASL (the local broker).
+    Plaintext,
+    /// TLS without SASL.
+    Ssl,
+    /// SASL without TLS.
+    SaslPlaintext,
+    /// SASL over TLS (MSK with SCRAM).
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// The librdkafka spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+}
+
+impl std::str::FromStr for SecurityProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "plaintext" => Ok(SecurityProtocol::Plaintext),
+            "ssl" => Ok(SecurityProtocol::Ssl),
+            "sasl_plaintext" => Ok(SecurityProtocol::SaslPlaintext),
+            "sasl_ssl" => Ok(SecurityProtocol::SaslSsl),
+            other => Err(format!(
+                "unknown security protocol \"{other}\"; use plaintext, ssl, sasl_plaintext or sasl_ssl"
+            )),
+        }
+    }
+}
+
+impl Default for KafkaOptions {
+    fn default() -> Self {
+        KafkaOptions {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            security_protocol: SecurityProtocol::Plaintext,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            ssl_ca_location: None,
+            request_timeout: Duration::from_secs(10),
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl KafkaOptions {
+    /// Options for a broker at `bootstrap_servers` with everything else default.
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        KafkaOptions {
+            bootstrap_servers: bootstrap_servers.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The base librdkafka configuration every ebb client starts from.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.bootstrap_servers)
+            .set("security.protocol", self.security_protocol.as_str())
+            .set(
+                "socket.timeout.ms",
+                self.request_timeout.as_millis().to_string(),
+            )
+            // Let ebb, not librdkafka, report a broker that cannot be reached.
+            .set("log.connection.close", "false")
+            .set_log_level(RDKafkaLogLevel::Warning);
+        if let Some(mechanism) = &self.sasl_mechanism {
+            config.set("sasl.mechanism", mechanism);
+        }
+        if let Some(user) = &self.sasl_username {
+            config.set("sasl.username", user);
+        }
+        if let Some(password) = &self.sasl_password {
+            config.set("sasl.password", password);
+        }
+        if let Some(ca) = &self.ssl_ca_location {
+            config.set("ssl.ca.location", ca);
+        }
+        for (key, value) in &self.extra {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// The sentence to show when the brokers cannot be reached.
+    pub fn unreachable_hint(&self) -> String {
+        let local = self
+            .bootstrap_servers
+            .split(',')
+            .all(|b| b.starts_with("127.0.0.1:") || b.starts_with("localhost:"));
+        if local {
+            let port = self.bootstrap_servers.rsplit(':').next().unwrap_or("9092");
+            let env = if port == "9092" {
+                String::new()
+            } else {
+                format!("EBB_KAFKA_PORT={port} ")
+            };
+            format!(
+                "cannot reach Kafka at {} within {:?}; start the local broker with: {env}scripts/kafka-local start",
+                self.bootstrap_servers, self.request_timeout
+            )
+        } else {
+            format!(
+                "cannot reach Kafka at {} within {:?}; check --bootstrap-servers (KAFKA_BOOTSTRAP_SERVERS), the network and the security settings",
+                self.bootstrap_servers, self.request_timeout
+            )
+        }
+    }
+}
+
+/// Parses one `key=value` librdkafka property given with `-X`.
+pub fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!(
+            "\"{text}\" is not key=value, e.g. -X fetch.max.bytes=1048576"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn security_protocol_parses_any_case() {
+        assert_eq!("SASL_SSL".parse(), Ok(SecurityProtocol::SaslSsl));
+        assert!(
+            "tls"
+                .parse::<SecurityProtocol>()
+                .unwrap_err()
+                .contains("sasl_ssl")
+        );
+    }
+
+    #[test]
+    fn properties_are_key_value() {
+        assert_eq!(parse_property("a.b=1=2"), Ok(("a.b".into(), "1=2".into())));
+        assert!(parse_property("novalue").is_err());
+        assert!(parse_property("=x").is_err());
+    }
+
+    #[test]
+    fn extra_properties_win() {
+        let mut options = KafkaOptions::new("h:1");
+        options
+            .extra
+            .push(("bootstrap.servers".into(), "h:2".into()));
+        assert_eq!(
+            options.client_config().get("bootstrap.servers"),
+            Some("h:2")
+        );
+    }
+
+    #[test]
+    fn hint_names_the_address_and_the_fix() {
+        let local = KafkaOptions::new("127.0.0.1:9092").unreachable_hint();
+        assert!(local.contains("127.0.0.1:9092") && local.contains("scripts/kafka-local start"));
+        let remote = KafkaOptions::new("b-1.example:9098").unreachable_hint();
+        assert!(remote.contains("b-1.example:9098") && remote.contains("KAFKA_BOOTSTRAP_SERVERS"));
+    }
+}

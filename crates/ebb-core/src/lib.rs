@@ -1,0 +1,15 @@
+//! ebb's Kafka runtime: the pieces that talk to brokers, kept apart from the CLI.
+//!
+//! - [`kafka`]: client settings (bootstrap, TLS, SASL) shared by every command;
+//! - [`admin`]: topics and cluster metadata;
+//! - [`trade`]: the trade record, its generator and its validation;
+//! - [`producer`]: the rate-controlled trade producer;
+//! - [`http`]: `/metrics`, `/healthz` and `/readyz` for every server.
+
+pub mod admin;
+pub mod http;
+pub mod kafka;
+pub mod producer;
+pub mod trade;
+
+pub use kafka::KafkaOptions;

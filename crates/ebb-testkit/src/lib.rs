@@ -1,0 +1,149 @@
+//! Support for ebb's integration tests: a real Kafka broker, started on demand, and names
+//! no other test uses.
+//!
+//! Tests call [`kafka`] first. It starts the local broker through `scripts/kafka-local`
+//! (or reuses one already answering) once per test process, and panics with the fix when
+//! Java or Maven is missing. Tests never skip: without a broker they fail.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The repository root (two levels above this crate).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+/// The port of the test broker: `EBB_KAFKA_PORT`, or 9092.
+pub fn kafka_port() -> u16 {
+    std::env::var("EBB_KAFKA_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(9092)
+}
+
+/// Makes sure the local broker runs and returns its bootstrap address.
+pub fn kafka() -> String {
+    static STARTED: OnceLock<String> = OnceLock::new();
+    STARTED.get_or_init(start_kafka).clone()
+}
+
+fn start_kafka() -> String {
+    for (tool, fix) in [
+        (
+            "java",
+            "install a JDK 17+ (Debian: apt-get install -y openjdk-17-jre-headless)",
+        ),
+        ("mvn", "install Maven (Debian: apt-get install -y maven)"),
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "integration tests need a local Kafka broker, which needs `{tool}`: {fix}"
+        );
+    }
+    let script = repo_root().join("scripts/kafka-local");
+    let output = Command::new(&script)
+        .arg("start")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        output.status.success(),
+        "`scripts/kafka-local start` failed; the tests need the local broker.\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    format!("127.0.0.1:{}", kafka_port())
+}
+
+/// A name no other test (in this run or an earlier one) uses: `prefix-<pid>-<n>-<time>`.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    format!(
+        "{prefix}-{}-{n}-{}",
+        std::process::id(),
+        micros % 1_000_000_000
+    )
+}
+
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    /// Partition it was in.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Its key, if any.
+    pub key: Option<Vec<u8>>,
+    /// Its value, if any.
+    pub value: Option<Vec<u8>>,
+    /// Its timestamp in milliseconds (create or log-append time, as the topic says).
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Reads every partition of `topic` from the beginning, with no consumer group, until
+/// `idle` passes without a new record (or `limit` passes in all). Sorted by partition,
+/// then offset.
+pub fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    idle: std::time::Duration,
+    limit: std::time::Duration,
+) -> Vec<ReadRecord> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    use std::time::{Duration, Instant};
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("testkit-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .expect("test reader");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    let partitions = metadata.topics()[0].partitions().len();
+    assert!(partitions > 0, "topic {topic} has no partitions");
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .expect("assignment");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let started = Instant::now();
+    let mut last = Instant::now();
+    let mut records = Vec::new();
+    while last.elapsed() < idle && started.elapsed() < limit {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                records.push(ReadRecord {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    timestamp_ms: m.timestamp().to_millis(),
+                });
+                last = Instant::now();
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    records.sort_by_key(|r| (r.partition, r.offset));
+    records
+}

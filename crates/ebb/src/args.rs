@@ -1,0 +1,101 @@
+//! Options shared by several subcommands, and the parsers for their values.
+
+use std::time::Duration;
+
+use clap::Args;
+use ebb_core::KafkaOptions;
+use ebb_core::kafka::{SecurityProtocol, parse_property};
+
+/// A mistake in the command line or configuration: ebb exits with code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// How to reach Kafka.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Kafka connection")]
+pub struct KafkaArgs {
+    /// Brokers to bootstrap from, host:port[,host:port...].
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub bootstrap_servers: String,
+
+    /// plaintext, ssl, sasl_plaintext or sasl_ssl.
+    #[arg(long, env = "KAFKA_SECURITY_PROTOCOL", default_value = "plaintext",
+          value_parser = parse_security_protocol)]
+    pub security_protocol: SecurityProtocol,
+
+    /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    #[arg(long, env = "KAFKA_SASL_MECHANISM")]
+    pub sasl_mechanism: Option<String>,
+
+    /// SASL user name.
+    #[arg(long, env = "KAFKA_SASL_USERNAME")]
+    pub sasl_username: Option<String>,
+
+    /// SASL password.
+    #[arg(long, env = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub sasl_password: Option<String>,
+
+    /// CA certificates (PEM) to verify the brokers with; the system store when unset.
+    #[arg(long, env = "KAFKA_SSL_CA_LOCATION")]
+    pub ssl_ca_location: Option<String>,
+
+    /// How long a request to Kafka (metadata, admin) may take before ebb gives up.
+    #[arg(long, env = "KAFKA_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub kafka_timeout: Duration,
+
+    /// Extra librdkafka property, key=value; repeatable; applied last.
+    #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE",
+          value_parser = parse_property)]
+    pub kafka_properties: Vec<(String, String)>,
+}
+
+impl KafkaArgs {
+    /// The library's view of these options.
+    pub fn options(&self) -> KafkaOptions {
+        KafkaOptions {
+            bootstrap_servers: self.bootstrap_servers.clone(),
+            security_protocol: self.security_protocol,
+            sasl_mechanism: self.sasl_mechanism.clone(),
+            sasl_username: self.sasl_username.clone(),
+            sasl_password: self.sasl_password.clone(),
+            ssl_ca_location: self.ssl_ca_location.clone(),
+            request_timeout: self.kafka_timeout,
+            extra: self.kafka_properties.clone(),
+        }
+    }
+}
+
+fn parse_security_protocol(text: &str) -> Result<SecurityProtocol, String> {
+    text.parse()
+}
+
+/// A duration with a unit (`100ms`, `30s`, `5m`) or a plain number of seconds (`0.1`), so
+/// the reference's `*_SECONDS` variables keep working.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds)
+            .map_err(|_| format!("\"{text}\" is not a duration ≥ 0"));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("\"{text}\" is not a duration ({e}); use e.g. 0.1, 100ms, 30s, 5m"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_seconds_or_with_units() {
+        assert_eq!(parse_duration("0.1"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").unwrap_err().contains("100ms"));
+    }
+}

@@ -1,0 +1,71 @@
+//! `ebb`: elastic micro-batch processing for Kafka. This file parses the command line,
+//! sets up logging and hands over to one module per subcommand.
+
+mod args;
+mod logging;
+mod produce;
+mod topic;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use args::UsageError;
+
+/// Elastic micro-batch processing for Kafka.
+///
+/// Every option can also be set through the environment variable shown with it; the
+/// reference system's variable names (KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC, ...) work as is.
+#[derive(Parser)]
+#[command(name = "ebb", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives.
+    #[arg(long, env = "EBB_LOG", default_value = "info", global = true)]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+// Parsed once per process; boxing the variants would only add noise.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum Command {
+    /// Create and list topics.
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
+    /// Send trades at a rate that follows a profile, changeable while running.
+    Produce(produce::ProduceArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = logging::init(&cli.log) {
+        eprintln!("ebb: bad --log / EBB_LOG: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("ebb: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Topic(command) => topic::run(command).await,
+            Command::Produce(args) => produce::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let usage = e.downcast_ref::<UsageError>().is_some();
+            eprintln!("ebb: error: {e:#}");
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
