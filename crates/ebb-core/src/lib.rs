@@ -4,9 +4,11 @@
 //! - [`admin`]: topics and cluster metadata;
 //! - [`trade`]: the trade record, its generator and its validation;
 //! - [`producer`]: the rate-controlled trade producer;
+//! - [`consumer`]: the micro-batch consumer runtime and its sinks;
 //! - [`http`]: `/metrics`, `/healthz` and `/readyz` for every server.
 
 pub mod admin;
+pub mod consumer;
 pub mod http;
 pub mod kafka;
 pub mod producer;

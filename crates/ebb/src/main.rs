@@ -2,6 +2,7 @@
 //! sets up logging and hands over to one module per subcommand.
 
 mod args;
+mod consume;
 mod logging;
 mod produce;
 mod topic;
@@ -36,6 +37,8 @@ enum Command {
     Topic(topic::TopicCommand),
     /// Send trades at a rate that follows a profile, changeable while running.
     Produce(produce::ProduceArgs),
+    /// Consume trades in micro-batches into a sink, with lag-safe rebalancing.
+    Consume(consume::ConsumeArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Topic(command) => topic::run(command).await,
             Command::Produce(args) => produce::run(args).await,
+            Command::Consume(args) => consume::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,934 @@
+//! The micro-batch consumer runtime.
+//!
+//! Data flow: one poll thread owns the Kafka consumer. It routes each polled record to its
+//! partition's [`BatchBuilder`]; a closed batch goes down that partition's channel to the
+//! partition's worker task. Workers run concurrently (bounded by a semaphore, the in-flight
+//! limit) but each handles its own partition's batches strictly in order: validate, send
+//! invalid records to the dead-letter topic, hand the rest to the [`Sink`] (retrying with
+//! backoff; the partition is held meanwhile), then mark the batch's end offset committable.
+//! A committer task commits those offsets asynchronously.
+//!
+//! The contracts (DESIGN.md §4): an offset is committed only after every record before it
+//! was handled; on revoke the revoked partitions' in-flight batches finish (bounded) and
+//! are committed synchronously before the partitions are released; on stop the same
+//! happens for every partition and the consumer leaves the group at once; a partition whose
+//! worker falls behind is paused, so memory stays bounded.
+
+pub mod batch;
+pub mod dead_letter;
+pub mod metrics;
+pub mod sink;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use self::batch::{Batch, BatchBuilder, BatchLimits, Record};
+use self::dead_letter::DeadLetters;
+use self::metrics::{ConsumerMetrics, KindLabel, PartitionLabel, StatusLabel};
+use self::sink::{Accepted, Sink};
+use crate::admin::{Admin, AdminError};
+use crate::http::Probes;
+use crate::kafka::KafkaOptions;
+use crate::trade::Trade;
+
+/// How the group assigns partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupProtocol {
+    /// The classic protocol with a client-side assignor: `cooperative-sticky` (incremental,
+    /// the default), `range` or `roundrobin` (eager: every member stops on each change).
+    Classic {
+        /// `partition.assignment.strategy`.
+        assignment_strategy: String,
+    },
+    /// KIP-848 (`group.protocol=consumer`): the broker assigns, incrementally; session
+    /// and heartbeat settings are the broker's.
+    Consumer,
+}
+
+/// Retry policy for a failing sink or dead-letter write: exponential backoff, forever
+/// (the partition is held, never skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// First wait after a failure.
+    pub initial_backoff: Duration,
+    /// Longest wait between attempts.
+    pub max_backoff: Duration,
+}
+
+/// Everything `ebb consume` can be told, one field per option.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// Topic to consume (`KAFKA_TOPIC`).
+    pub topic: String,
+    /// Consumer group (`CONSUMER_GROUP`).
+    pub group: String,
+    /// When batches close (`BATCH_SIZE`, max bytes, `BATCH_TIMEOUT_SECONDS`).
+    pub limits: BatchLimits,
+    /// Most batches in the sink at once, across partitions.
+    pub max_in_flight: usize,
+    /// Where a group without a committed offset starts: `earliest` or `latest`.
+    pub auto_offset_reset: String,
+    /// Group protocol and assignor.
+    pub group_protocol: GroupProtocol,
+    /// `session.timeout.ms` (classic protocol only).
+    pub session_timeout: Duration,
+    /// `heartbeat.interval.ms` (classic protocol only).
+    pub heartbeat_interval: Duration,
+    /// How long a revoke waits for the revoked partitions' in-flight batches.
+    pub revoke_timeout: Duration,
+    /// How long a stop waits for in-flight batches.
+    pub shutdown_timeout: Duration,
+    /// Retry policy for sink and dead-letter failures.
+    pub retry: RetryPolicy,
+    /// Dead-letter topic; `None` drops invalid records (counted as errors).
+    pub dead_letter_topic: Option<String>,
+    /// Stop by itself after this long with nothing polled and nothing in flight.
+    pub stop_after_idle: Option<Duration>,
+    /// How often the summary line is logged.
+    pub report_interval: Duration,
+}
+
+impl ConsumerSettings {
+    /// The reference consumer's defaults for `topic` and `group`.
+    pub fn new(topic: impl Into<String>, group: impl Into<String>) -> Self {
+        let topic = topic.into();
+        ConsumerSettings {
+            dead_letter_topic: Some(format!("{topic}.dlq")),
+            topic,
+            group: group.into(),
+            limits: BatchLimits {
+                max_records: 100,
+                max_bytes: 1024 * 1024,
+                timeout: Duration::from_millis(100),
+            },
+            max_in_flight: 64,
+            auto_offset_reset: "earliest".into(),
+            group_protocol: GroupProtocol::Classic {
+                assignment_strategy: "cooperative-sticky".into(),
+            },
+            session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+            revoke_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
+            retry: RetryPolicy {
+                initial_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(10),
+            },
+            stop_after_idle: None,
+            report_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the consumer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// The cluster could not be reached or refused a request.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// librdkafka rejected the configuration.
+    #[error("the Kafka consumer rejected its settings: {0}")]
+    Config(rdkafka::error::KafkaError),
+}
+
+/// Totals at the end of a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsumerReport {
+    /// Records the sink handled.
+    pub processed: u64,
+    /// Records sent to the dead-letter topic (or dropped, without one).
+    pub dead_lettered: u64,
+    /// Batches handled.
+    pub batches: u64,
+}
+
+/// Ownership of one partition, shared by the poll thread, its worker and the committer.
+struct PartitionState {
+    partition: i32,
+    /// Offset to commit: one past the last handled record; -1 while nothing was handled.
+    committable: AtomicI64,
+    /// Last offset handed to a commit.
+    committed: AtomicI64,
+    /// Set on revoke and stop: the worker finishes its current batch and drops the rest.
+    released: AtomicBool,
+    /// Log-end minus committed offset, from the client's statistics (-1 unknown).
+    lag: AtomicI64,
+}
+
+/// The poll thread's view of one owned partition.
+struct Lane {
+    builder: BatchBuilder,
+    tx: mpsc::Sender<Batch>,
+    /// Closed batches waiting for room in the worker's channel.
+    ready: VecDeque<Batch>,
+    paused: bool,
+    state: Arc<PartitionState>,
+    worker: JoinHandle<()>,
+}
+
+/// State shared by the poll thread (through the context), workers and the committer.
+struct Shared {
+    topic: Arc<str>,
+    settings: ConsumerSettings,
+    sink: Arc<dyn Sink>,
+    dead_letters: Option<DeadLetters>,
+    in_flight: Arc<Semaphore>,
+    metrics: ConsumerMetrics,
+    probes: Arc<Probes>,
+    runtime: Handle,
+    commit_wanted: Notify,
+    owned: Mutex<HashMap<i32, Arc<PartitionState>>>,
+    processed: AtomicU64,
+    dead_lettered: AtomicU64,
+    batches: AtomicU64,
+    busy_batches: AtomicI64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The librdkafka context: rebalance callbacks, commit results and statistics.
+struct Context {
+    shared: Arc<Shared>,
+    lanes: Mutex<HashMap<i32, Lane>>,
+}
+
+impl ClientContext for Context {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&*self.shared.topic) else {
+            return;
+        };
+        let owned = lock(&self.shared.owned);
+        for (partition, stats) in &topic.partitions {
+            if let Some(state) = owned.get(partition) {
+                state.lag.store(stats.consumer_lag, Ordering::Relaxed);
+                if stats.consumer_lag >= 0 {
+                    self.shared
+                        .metrics
+                        .partition_lag
+                        .get_or_create(&PartitionLabel {
+                            partition: *partition,
+                        })
+                        .set(stats.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let lost = consumer.assignment_lost();
+            let partitions: Vec<i32> = tpl
+                .elements_for_topic(&self.shared.topic)
+                .iter()
+                .map(|e| e.partition())
+                .collect();
+            let kind = if lost { "lost" } else { "revoke" };
+            self.shared
+                .metrics
+                .rebalances
+                .get_or_create(&KindLabel { kind })
+                .inc();
+            let started = Instant::now();
+            let timeout = self.shared.settings.revoke_timeout;
+            self.release(consumer, &partitions, timeout, !lost);
+            let drained = started.elapsed();
+            self.shared
+                .metrics
+                .revoke_drain_seconds
+                .observe(drained.as_secs_f64());
+            tracing::info!(
+                "Rebalance: {} {} partition(s) {:?}; drained and committed in {:.0?}",
+                if lost { "lost" } else { "revoked" },
+                partitions.len(),
+                partitions,
+                drained
+            );
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let partitions: Vec<i32> = tpl
+                    .elements_for_topic(&self.shared.topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect();
+                self.shared
+                    .metrics
+                    .rebalances
+                    .get_or_create(&KindLabel { kind: "assign" })
+                    .inc();
+                self.assign(&partitions);
+                let total = lock(&self.lanes).len();
+                tracing::info!(
+                    "Rebalance: assigned {} partition(s) {:?}; now owning {total}",
+                    partitions.len(),
+                    partitions
+                );
+                self.shared.probes.set_ready(true);
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::error!("Rebalance error: {e}"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                self.shared.metrics.commits.inc();
+            }
+            Err(e) => {
+                self.shared.metrics.commit_failures.inc();
+                tracing::warn!("Commit of {} offset(s) failed: {e}", offsets.count());
+            }
+        };
+    }
+}
+
+impl Context {
+    fn assign(&self, partitions: &[i32]) {
+        let shared = &self.shared;
+        let mut lanes = lock(&self.lanes);
+        for &partition in partitions {
+            if lanes.contains_key(&partition) {
+                continue;
+            }
+            let state = Arc::new(PartitionState {
+                partition,
+                committable: AtomicI64::new(-1),
+                committed: AtomicI64::new(-1),
+                released: AtomicBool::new(false),
+                lag: AtomicI64::new(-1),
+            });
+            // One batch queued behind the one in the sink: enough to keep the sink busy,
+            // little enough that a slow partition pauses early.
+            let (tx, rx) = mpsc::channel(1);
+            let worker = shared
+                .runtime
+                .spawn(run_worker(shared.clone(), state.clone(), rx));
+            lock(&shared.owned).insert(partition, state.clone());
+            let limits = shared.settings.limits;
+            lanes.insert(
+                partition,
+                Lane {
+                    builder: BatchBuilder::new(shared.topic.clone(), partition, limits),
+                    tx,
+                    ready: VecDeque::new(),
+                    paused: false,
+                    state,
+                    worker,
+                },
+            );
+        }
+        shared.metrics.assigned_partitions.set(lanes.len() as i64);
+    }
+
+    /// Stops owning `partitions`: drops their unprocessed records, lets in-flight batches
+    /// finish (up to `timeout`), then commits what was handled, synchronously.
+    fn release(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partitions: &[i32],
+        timeout: Duration,
+        commit: bool,
+    ) {
+        let shared = &self.shared;
+        let mut released = Vec::new();
+        {
+            let mut lanes = lock(&self.lanes);
+            let mut owned = lock(&shared.owned);
+            for partition in partitions {
+                owned.remove(partition);
+                if let Some(lane) = lanes.remove(partition) {
+                    lane.state.released.store(true, Ordering::SeqCst);
+                    if lane.paused {
+                        shared.metrics.paused_partitions.dec();
+                    }
+                    shared.metrics.partition_lag.remove(&PartitionLabel {
+                        partition: *partition,
+                    });
+                    // Dropping the sender ends the worker once its current batch is done.
+                    released.push((lane.state, lane.worker));
+                }
+            }
+            shared.metrics.assigned_partitions.set(lanes.len() as i64);
+        }
+        if released.is_empty() {
+            return;
+        }
+        let (states, workers): (Vec<_>, Vec<_>) = released.into_iter().unzip();
+        let aborts: Vec<_> = workers.iter().map(JoinHandle::abort_handle).collect();
+        let finished = shared.runtime.block_on(async {
+            tokio::time::timeout(timeout, async {
+                for worker in workers {
+                    let _ = worker.await;
+                }
+            })
+            .await
+        });
+        if finished.is_err() {
+            tracing::warn!(
+                "In-flight batches of {} partition(s) did not finish within {timeout:?}; abandoning them (they will be processed again by the next owner)",
+                states.len()
+            );
+            aborts.iter().for_each(|a| a.abort());
+        }
+        if commit {
+            let mut tpl = TopicPartitionList::new();
+            for state in &states {
+                let offset = state.committable.load(Ordering::SeqCst);
+                if offset >= 0 && offset > state.committed.load(Ordering::SeqCst) {
+                    let _ = tpl.add_partition_offset(
+                        &shared.topic,
+                        state.partition,
+                        Offset::Offset(offset),
+                    );
+                }
+            }
+            if tpl.count() > 0 {
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                    shared.metrics.commit_failures.inc();
+                    tracing::warn!(
+                        "Final commit for released partitions failed: {e} (their last batches will be processed again)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Hands closed batches to workers; pauses a partition whose worker has no room and
+    /// resumes it when there is.
+    fn dispatch(&self, consumer: &BaseConsumer<Self>, lane: &mut Lane) {
+        while let Some(batch) = lane.ready.pop_front() {
+            match lane.tx.try_send(batch) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(batch)) => {
+                    lane.ready.push_front(batch);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    lane.ready.clear();
+                    break;
+                }
+            }
+        }
+        let want_paused = !lane.ready.is_empty();
+        if want_paused != lane.paused {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&self.shared.topic, lane.state.partition);
+            let result = if want_paused {
+                consumer.pause(&tpl)
+            } else {
+                consumer.resume(&tpl)
+            };
+            match result {
+                Ok(()) => {
+                    lane.paused = want_paused;
+                    if want_paused {
+                        self.shared.metrics.paused_partitions.inc();
+                    } else {
+                        self.shared.metrics.paused_partitions.dec();
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    "Cannot pause/resume partition {}: {e}",
+                    lane.state.partition
+                ),
+            }
+        }
+    }
+}
+
+async fn run_worker(
+    shared: Arc<Shared>,
+    state: Arc<PartitionState>,
+    mut rx: mpsc::Receiver<Batch>,
+) {
+    while let Some(batch) = rx.recv().await {
+        if state.released.load(Ordering::SeqCst) {
+            break;
+        }
+        shared.busy_batches.fetch_add(1, Ordering::SeqCst);
+        handle_batch(&shared, &state, batch).await;
+        shared.busy_batches.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Validates, dead-letters and sinks one batch, then marks it committable. Returns early
+/// (nothing committed) if the partition is released while the batch is being retried.
+async fn handle_batch(shared: &Shared, state: &PartitionState, batch: Batch) {
+    let Ok(_permit) = shared.in_flight.acquire().await else {
+        return;
+    };
+    let metrics = &shared.metrics;
+    metrics.in_flight.inc();
+    let started = Instant::now();
+    let count = batch.records.len();
+    let next_offset = batch.next_offset();
+    tracing::debug!("Processing batch of {count} messages");
+
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut accepted = Vec::with_capacity(count);
+    let mut rejected = Vec::new();
+    for record in batch.records {
+        if let Some(ts) = record.timestamp_ms {
+            metrics
+                .message_age
+                .observe((now_ms - ts).max(0) as f64 / 1000.0);
+        }
+        match Trade::parse(record.value.as_deref()) {
+            Ok(trade) => accepted.push(Accepted { record, trade }),
+            Err(reason) => rejected.push((record, reason.to_string())),
+        }
+    }
+
+    let done = async {
+        for (record, reason) in &rejected {
+            match &shared.dead_letters {
+                Some(dlq) => {
+                    retry(shared, state, || {
+                        dlq.send(&batch.topic, batch.partition, record, reason)
+                    })
+                    .await?
+                }
+                None => tracing::warn!(
+                    "Dropping invalid record {}:{} ({reason}); no dead-letter topic is set",
+                    batch.partition,
+                    record.offset
+                ),
+            }
+        }
+        if !accepted.is_empty() {
+            retry(shared, state, || {
+                shared.sink.write(&batch.topic, batch.partition, &accepted)
+            })
+            .await?;
+        }
+        Some(())
+    }
+    .await;
+    metrics.in_flight.dec();
+    if done.is_none() {
+        return;
+    }
+
+    metrics
+        .batch_seconds
+        .observe(started.elapsed().as_secs_f64());
+    metrics.batches.inc();
+    metrics.batch_size.observe(count as f64);
+    metrics
+        .processed
+        .get_or_create(&StatusLabel { status: "success" })
+        .inc_by(accepted.len() as u64);
+    if !rejected.is_empty() {
+        metrics
+            .processed
+            .get_or_create(&StatusLabel { status: "error" })
+            .inc_by(rejected.len() as u64);
+        metrics.dead_lettered.inc_by(rejected.len() as u64);
+    }
+    shared
+        .processed
+        .fetch_add(accepted.len() as u64, Ordering::Relaxed);
+    shared
+        .dead_lettered
+        .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+    shared.batches.fetch_add(1, Ordering::Relaxed);
+    state.committable.store(next_offset, Ordering::SeqCst);
+    shared.commit_wanted.notify_one();
+}
+
+/// Runs `attempt` until it succeeds, backing off exponentially; gives up (returning `None`)
+/// only when the partition is released, so the batch is never skipped by this owner.
+async fn retry<F, Fut>(shared: &Shared, state: &PartitionState, mut attempt: F) -> Option<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), sink::SinkError>>,
+{
+    let mut backoff = shared.settings.retry.initial_backoff;
+    loop {
+        match attempt().await {
+            Ok(()) => return Some(()),
+            Err(e) => {
+                if state.released.load(Ordering::SeqCst) {
+                    return None;
+                }
+                shared.metrics.retries.inc();
+                tracing::warn!(
+                    "Partition {} held: {e}; retrying in {backoff:?}",
+                    state.partition
+                );
+                tokio::time::sleep(backoff).await;
+                if state.released.load(Ordering::SeqCst) {
+                    return None;
+                }
+                backoff = (backoff * 2).min(shared.settings.retry.max_backoff);
+            }
+        }
+    }
+}
+
+/// Commits handled offsets asynchronously whenever a batch completes.
+async fn run_committer(
+    shared: Arc<Shared>,
+    consumer: Arc<BaseConsumer<Context>>,
+    stop: Arc<AtomicBool>,
+) {
+    loop {
+        tokio::select! {
+            _ = shared.commit_wanted.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        let mut marks = Vec::new();
+        for state in lock(&shared.owned).values() {
+            let offset = state.committable.load(Ordering::SeqCst);
+            if offset > state.committed.load(Ordering::SeqCst) {
+                let _ = tpl.add_partition_offset(
+                    &shared.topic,
+                    state.partition,
+                    Offset::Offset(offset),
+                );
+                marks.push((state.clone(), offset));
+            }
+        }
+        if tpl.count() == 0 {
+            continue;
+        }
+        match consumer.commit(&tpl, CommitMode::Async) {
+            Ok(()) => marks
+                .iter()
+                .for_each(|(s, o)| s.committed.store(*o, Ordering::SeqCst)),
+            Err(e) => {
+                shared.metrics.commit_failures.inc();
+                tracing::warn!("Cannot commit offsets: {e}");
+            }
+        }
+    }
+}
+
+/// A consumer that is running; stop it with [`RunningConsumer::stop`] or a signal handler
+/// holding [`RunningConsumer::stop_flag`], then [`RunningConsumer::wait`].
+pub struct RunningConsumer {
+    stop: Arc<AtomicBool>,
+    poll_thread: std::thread::JoinHandle<ConsumerReport>,
+}
+
+impl RunningConsumer {
+    /// Asks the consumer to stop: finish in-flight batches, commit, leave the group.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// The flag [`RunningConsumer::stop`] sets, for signal handlers.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Waits until the consumer has stopped and left the group.
+    pub async fn wait(self) -> ConsumerReport {
+        let thread = self.poll_thread;
+        tokio::task::spawn_blocking(move || thread.join().unwrap_or_default())
+            .await
+            .unwrap_or_default()
+    }
+}
+
+/// Starts consuming: checks the topic (and the dead-letter topic, creating it if absent),
+/// joins the group and spawns the poll thread. Call from within a multi-threaded runtime.
+pub async fn start(
+    kafka: &KafkaOptions,
+    settings: ConsumerSettings,
+    sink: Arc<dyn Sink>,
+    metrics: ConsumerMetrics,
+    probes: Arc<Probes>,
+) -> Result<RunningConsumer, ConsumerError> {
+    let admin = Admin::new(kafka)?;
+    let topic_info = admin.topic(&settings.topic).await?;
+    let dead_letters = match &settings.dead_letter_topic {
+        Some(name) => {
+            match admin.topic(name).await {
+                Ok(_) => {}
+                Err(AdminError::UnknownTopic(_)) => {
+                    let config = [(
+                        "max.message.bytes".to_string(),
+                        (16 * 1024 * 1024).to_string(),
+                    )];
+                    match admin
+                        .create_topic(name, topic_info.partitions as i32, 1, &config)
+                        .await
+                    {
+                        Ok(()) | Err(AdminError::TopicExists(_)) => {
+                            tracing::info!("Created dead-letter topic {name}")
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            Some(DeadLetters::new(kafka, name.clone()).map_err(ConsumerError::Config)?)
+        }
+        None => None,
+    };
+
+    let mut config = kafka.client_config();
+    config
+        .set("group.id", &settings.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", &settings.auto_offset_reset)
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", "5000")
+        // Bounded prefetch: the fetch queue is the consumer's largest memory user.
+        .set("queued.max.messages.kbytes", "16384");
+    match &settings.group_protocol {
+        GroupProtocol::Classic {
+            assignment_strategy,
+        } => {
+            config
+                .set("partition.assignment.strategy", assignment_strategy)
+                .set(
+                    "session.timeout.ms",
+                    settings.session_timeout.as_millis().to_string(),
+                )
+                .set(
+                    "heartbeat.interval.ms",
+                    settings.heartbeat_interval.as_millis().to_string(),
+                );
+        }
+        GroupProtocol::Consumer => {
+            config.set("group.protocol", "consumer");
+        }
+    }
+    for (key, value) in &kafka.extra {
+        config.set(key, value);
+    }
+
+    let shared = Arc::new(Shared {
+        topic: settings.topic.as_str().into(),
+        in_flight: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
+        settings,
+        sink,
+        dead_letters,
+        metrics,
+        probes,
+        runtime: Handle::current(),
+        commit_wanted: Notify::new(),
+        owned: Mutex::new(HashMap::new()),
+        processed: AtomicU64::new(0),
+        dead_lettered: AtomicU64::new(0),
+        batches: AtomicU64::new(0),
+        busy_batches: AtomicI64::new(0),
+    });
+    let context = Context {
+        shared: shared.clone(),
+        lanes: Mutex::new(HashMap::new()),
+    };
+    let consumer: BaseConsumer<Context> = config
+        .create_with_context(context)
+        .map_err(ConsumerError::Config)?;
+    consumer
+        .subscribe(&[&shared.settings.topic])
+        .map_err(ConsumerError::Config)?;
+    let consumer = Arc::new(consumer);
+    tracing::info!(
+        "Consuming {} ({} partitions) as group {}; batch size: {}, batch timeout: {:?}, max in flight: {}",
+        shared.topic,
+        topic_info.partitions,
+        shared.settings.group,
+        shared.settings.limits.max_records,
+        shared.settings.limits.timeout,
+        shared.settings.max_in_flight
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let committer_stop = Arc::new(AtomicBool::new(false));
+    let committer = tokio::spawn(run_committer(
+        shared.clone(),
+        consumer.clone(),
+        committer_stop.clone(),
+    ));
+    let poll_thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("ebb-poll".into())
+            .spawn(move || poll_loop(consumer, shared, stop, committer, committer_stop))
+            .map_err(|e| {
+                ConsumerError::Admin(AdminError::Unreachable(format!(
+                    "cannot start the poll thread: {e}"
+                )))
+            })?
+    };
+    Ok(RunningConsumer { stop, poll_thread })
+}
+
+fn poll_loop(
+    consumer: Arc<BaseConsumer<Context>>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    committer: JoinHandle<()>,
+    committer_stop: Arc<AtomicBool>,
+) -> ConsumerReport {
+    let context = consumer.context();
+    let mut summary = Summary::new(shared.settings.report_interval);
+    let mut last_activity = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        let next_deadline = lock(&context.lanes)
+            .values()
+            .filter_map(|l| l.builder.deadline())
+            .min();
+        let wait = next_deadline
+            .map_or(Duration::from_millis(100), |d| {
+                d.saturating_duration_since(now)
+            })
+            .min(Duration::from_millis(100));
+        match consumer.poll(wait) {
+            Some(Ok(message)) => {
+                last_activity = Instant::now();
+                let mut lanes = lock(&context.lanes);
+                if let Some(lane) = lanes.get_mut(&message.partition()) {
+                    let record = Record {
+                        offset: message.offset(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        value: message.payload().map(<[u8]>::to_vec),
+                        timestamp_ms: message.timestamp().to_millis(),
+                    };
+                    if let Some(batch) = lane.builder.push(record, last_activity) {
+                        lane.ready.push_back(batch);
+                        context.dispatch(&consumer, lane);
+                    }
+                }
+            }
+            Some(Err(e)) => tracing::warn!("Kafka: {e}"),
+            None => {}
+        }
+        let now = Instant::now();
+        {
+            let mut lanes = lock(&context.lanes);
+            for lane in lanes.values_mut() {
+                if let Some(batch) = lane.builder.poll_timeout(now) {
+                    lane.ready.push_back(batch);
+                }
+                if !lane.ready.is_empty() || lane.paused {
+                    context.dispatch(&consumer, lane);
+                }
+            }
+        }
+        if shared.busy_batches.load(Ordering::SeqCst) > 0 {
+            last_activity = now;
+        }
+        summary.maybe_log(&shared, &context.lanes);
+        if let Some(idle) = shared.settings.stop_after_idle
+            && now.duration_since(last_activity) >= idle
+            && lock(&context.lanes)
+                .values()
+                .all(|l| l.builder.is_empty() && l.ready.is_empty())
+            && shared.probes.is_ready()
+        {
+            tracing::info!("Nothing to do for {idle:?}; stopping");
+            break;
+        }
+    }
+
+    tracing::info!(
+        "Stopping: finishing in-flight batches (up to {:?})",
+        shared.settings.shutdown_timeout
+    );
+    shared.probes.set_stopping();
+    let owned: Vec<i32> = lock(&context.lanes).keys().copied().collect();
+    context.release(&consumer, &owned, shared.settings.shutdown_timeout, true);
+    committer_stop.store(true, Ordering::SeqCst);
+    shared.commit_wanted.notify_one();
+    let _ = shared.runtime.block_on(committer);
+    // The last reference: dropping it closes the consumer, which leaves the group now
+    // rather than after the session timeout.
+    drop(consumer);
+    let report = ConsumerReport {
+        processed: shared.processed.load(Ordering::SeqCst),
+        dead_lettered: shared.dead_lettered.load(Ordering::SeqCst),
+        batches: shared.batches.load(Ordering::SeqCst),
+    };
+    tracing::info!(
+        "Stopped: processed {} records in {} batches, dead-lettered {}",
+        report.processed,
+        report.batches,
+        report.dead_lettered
+    );
+    report
+}
+
+/// The periodic summary line and the processing-rate gauge.
+struct Summary {
+    interval: Duration,
+    last_log: Instant,
+    last_rate_at: Instant,
+    last_processed: u64,
+    last_logged_processed: u64,
+}
+
+impl Summary {
+    fn new(interval: Duration) -> Self {
+        let now = Instant::now();
+        Summary {
+            interval,
+            last_log: now,
+            last_rate_at: now,
+            last_processed: 0,
+            last_logged_processed: 0,
+        }
+    }
+
+    fn maybe_log(&mut self, shared: &Shared, lanes: &Mutex<HashMap<i32, Lane>>) {
+        let since_rate = self.last_rate_at.elapsed();
+        if since_rate >= Duration::from_secs(1) {
+            let processed = shared.processed.load(Ordering::Relaxed);
+            let rate = (processed - self.last_processed) as f64 / since_rate.as_secs_f64();
+            shared.metrics.messages_per_second.set(rate);
+            self.last_processed = processed;
+            self.last_rate_at = Instant::now();
+        }
+        let since_log = self.last_log.elapsed();
+        if since_log < self.interval {
+            return;
+        }
+        let processed = shared.processed.load(Ordering::Relaxed);
+        let rate = (processed - self.last_logged_processed) as f64 / since_log.as_secs_f64();
+        let (partitions, paused) = {
+            let lanes = lock(lanes);
+            (lanes.len(), lanes.values().filter(|l| l.paused).count())
+        };
+        let lag: i64 = lock(&shared.owned)
+            .values()
+            .map(|s| s.lag.load(Ordering::Relaxed).max(0))
+            .sum();
+        tracing::info!(
+            "Processed: {processed} messages, Rate: {rate:.1} msg/s, Lag: {lag}, In flight: {}, Partitions: {partitions}, Paused: {paused}",
+            shared.busy_batches.load(Ordering::Relaxed)
+        );
+        self.last_log = Instant::now();
+        self.last_logged_processed = processed;
+    }
+}

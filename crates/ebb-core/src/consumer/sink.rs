@@ -1,0 +1,229 @@
+//! Where processed records go. Every sink gets batches of valid trades of one partition,
+//! in order, and answers once they are durably handled (or with an error, and then the
+//! runtime retries the same batch).
+//!
+//! - `sim`: the reference's simulated database write, a sleep per batch and per record;
+//! - `file`: JSON lines (topic, partition, offset, key, timestamp, value), opened for
+//!   append on each batch so the file can be rotated or replaced under a running consumer;
+//! - `stdout`: the same lines on standard output.
+
+use std::future::Future;
+use std::io::Write;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::batch::Record;
+use crate::trade::Trade;
+
+/// A boxed future, so sinks can be chosen at run time.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A record that passed validation, with its parsed trade.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The record as polled.
+    pub record: Record,
+    /// The trade its value holds.
+    pub trade: Trade,
+}
+
+/// A sink could not handle a batch; the runtime retries it with backoff.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct SinkError(pub String);
+
+/// Destination of processed records.
+pub trait Sink: Send + Sync + 'static {
+    /// Handles one batch of one partition. Must be idempotent for a batch that is
+    /// retried after an error or replayed after a crash (at-least-once delivery).
+    fn write<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: i32,
+        records: &'a [Accepted],
+    ) -> BoxFuture<'a, Result<(), SinkError>>;
+}
+
+/// The reference consumer's behaviour: a simulated database write.
+#[derive(Debug, Clone, Copy)]
+pub struct SimSink {
+    /// Sleep per batch (`BATCH_PROCESSING_TIME`).
+    pub batch_time: Duration,
+    /// Sleep per record (`MESSAGE_PROCESSING_TIME`).
+    pub message_time: Duration,
+}
+
+impl Sink for SimSink {
+    fn write<'a>(
+        &'a self,
+        _: &'a str,
+        _: i32,
+        records: &'a [Accepted],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        let pause = self.batch_time + self.message_time * records.len() as u32;
+        Box::pin(async move {
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    key: Option<std::borrow::Cow<'a, str>>,
+    timestamp: Option<i64>,
+    value: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn render(topic: &str, partition: i32, records: &[Accepted]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(records.len() * 320);
+    for accepted in records {
+        let r = &accepted.record;
+        let line = Line {
+            topic,
+            partition,
+            offset: r.offset,
+            key: r.key.as_deref().map(String::from_utf8_lossy),
+            timestamp: r.timestamp_ms,
+            value: r.value.as_deref().map(String::from_utf8_lossy),
+        };
+        // A struct of strings and integers always serializes.
+        serde_json::to_writer(&mut out, &line).expect("line serializes");
+        out.push(b'\n');
+    }
+    out
+}
+
+/// JSON lines appended to a file.
+#[derive(Debug)]
+pub struct FileSink {
+    path: PathBuf,
+    lock: std::sync::Mutex<()>,
+}
+
+impl FileSink {
+    /// A sink appending to `path` (created on the first batch).
+    pub fn new(path: PathBuf) -> Self {
+        FileSink {
+            path,
+            lock: std::sync::Mutex::new(()),
+        }
+    }
+}
+
+impl Sink for FileSink {
+    fn write<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: i32,
+        records: &'a [Accepted],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let lines = render(topic, partition, records);
+            // One write per batch, under a lock, so lines of different batches never interleave.
+            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(|e| SinkError(format!("cannot open {}: {e}", self.path.display())))?;
+            file.write_all(&lines)
+                .map_err(|e| SinkError(format!("cannot write {}: {e}", self.path.display())))
+        })
+    }
+}
+
+/// JSON lines on standard output.
+#[derive(Debug, Default)]
+pub struct StdoutSink;
+
+impl Sink for StdoutSink {
+    fn write<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: i32,
+        records: &'a [Accepted],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let lines = render(topic, partition, records);
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(&lines)
+                .and_then(|()| stdout.flush())
+                .map_err(|e| SinkError(format!("cannot write to standard output: {e}")))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trade::TradeGenerator;
+    use std::time::SystemTime;
+
+    fn accepted(offset: i64) -> Accepted {
+        let mut generator = TradeGenerator::new(Some(offset as u64));
+        let (mut key, mut value) = (String::new(), Vec::new());
+        generator.next_record(SystemTime::now(), &mut key, &mut value);
+        let trade = Trade::parse(Some(&value)).unwrap();
+        let record = Record {
+            offset,
+            key: Some(key.into_bytes()),
+            value: Some(value),
+            timestamp_ms: Some(1),
+        };
+        Accepted { record, trade }
+    }
+
+    #[tokio::test]
+    async fn file_sink_appends_one_json_line_per_record() {
+        let dir = std::env::temp_dir().join(format!("ebb-sink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let sink = FileSink::new(path.clone());
+        sink.write("t", 2, &[accepted(5), accepted(6)])
+            .await
+            .unwrap();
+        sink.write("t", 2, &[accepted(7)]).await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[2]["offset"], 7);
+        assert_eq!(lines[0]["partition"], 2);
+        let value: Trade = serde_json::from_str(lines[0]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(lines[0]["key"].as_str().unwrap(), value.account_id);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn file_sink_reports_an_unwritable_path() {
+        let sink = FileSink::new(std::env::temp_dir());
+        let err = sink.write("t", 0, &[accepted(1)]).await.unwrap_err();
+        assert!(err.0.contains("cannot open"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sim_sink_sleeps_per_batch_and_per_record() {
+        let sink = SimSink {
+            batch_time: Duration::from_secs(1),
+            message_time: Duration::from_millis(10),
+        };
+        let started = tokio::time::Instant::now();
+        sink.write("t", 0, &[accepted(1), accepted(2)])
+            .await
+            .unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(1020));
+    }
+}

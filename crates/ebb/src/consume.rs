@@ -1,0 +1,247 @@
+//! `ebb consume`: the micro-batch consumer, its sink choice, HTTP endpoints and signals.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use ebb_core::consumer::batch::BatchLimits;
+use ebb_core::consumer::metrics::ConsumerMetrics;
+use ebb_core::consumer::sink::{FileSink, SimSink, Sink, StdoutSink};
+use ebb_core::consumer::{ConsumerSettings, GroupProtocol, RetryPolicy, start};
+use ebb_core::http::{Probes, serve, standard_routes};
+use prometheus_client::registry::Registry;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::args::{KafkaArgs, UsageError, parse_duration};
+
+/// Consume trades in micro-batches and hand them to a sink, never losing or reordering
+/// records while consumers join and leave the group.
+///
+/// A batch closes at --batch-size records, --batch-max-bytes bytes or --batch-timeout after
+/// its first record. Batches of different partitions run concurrently (up to
+/// --max-in-flight); one partition's batches run strictly in order, and its offset is
+/// committed only after the sink handled them. Records that are not valid trades go to
+/// the dead-letter topic. SIGTERM or Ctrl-C: finish in-flight batches, commit, leave.
+#[derive(Args)]
+pub struct ConsumeArgs {
+    /// Topic to consume.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "trade-tx")]
+    topic: String,
+
+    /// Consumer group.
+    #[arg(long, env = "CONSUMER_GROUP", default_value = "tx-trade-workers")]
+    group: String,
+
+    /// Records per batch (at most).
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    batch_size: u32,
+
+    /// Close a batch this long after its first record (seconds, or with a unit).
+    #[arg(long, env = "BATCH_TIMEOUT_SECONDS", default_value = "0.1", value_parser = parse_duration)]
+    batch_timeout: Duration,
+
+    /// Bytes per batch (at most; key plus value).
+    #[arg(long, env = "EBB_BATCH_MAX_BYTES", default_value_t = 1_048_576,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    batch_max_bytes: u64,
+
+    /// Simulated write time per batch, for the sim sink.
+    #[arg(long, env = "BATCH_PROCESSING_TIME", default_value = "1", value_parser = parse_duration)]
+    batch_processing_time: Duration,
+
+    /// Simulated time per record, for the sim sink.
+    #[arg(long, env = "MESSAGE_PROCESSING_TIME", default_value = "0", value_parser = parse_duration)]
+    message_processing_time: Duration,
+
+    /// Most batches in the sink at once, across partitions (1 = the reference's blocking loop).
+    #[arg(long, env = "EBB_MAX_IN_FLIGHT", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_in_flight: u32,
+
+    /// Where a group with no committed offset starts. `earliest`, because a new group that
+    /// starts at `latest` silently skips everything already in the topic.
+    #[arg(long, env = "EBB_AUTO_OFFSET_RESET", default_value = "earliest",
+          value_parser = ["earliest", "latest"])]
+    auto_offset_reset: String,
+
+    /// Group protocol: classic (client-side assignor) or consumer (KIP-848, broker-side).
+    #[arg(long, env = "EBB_GROUP_PROTOCOL", value_enum, default_value_t = Protocol::Classic)]
+    group_protocol: Protocol,
+
+    /// Assignor for the classic protocol. cooperative-sticky moves only the partitions that
+    /// must move; range and roundrobin are eager (every member pauses on each change).
+    #[arg(long, env = "EBB_ASSIGNMENT_STRATEGY", default_value = "cooperative-sticky",
+          value_parser = ["cooperative-sticky", "range", "roundrobin"])]
+    assignment_strategy: String,
+
+    /// Session timeout (classic protocol).
+    #[arg(long, env = "EBB_SESSION_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    session_timeout: Duration,
+
+    /// Heartbeat interval (classic protocol).
+    #[arg(long, env = "EBB_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    heartbeat_interval: Duration,
+
+    /// On revoke, how long to wait for the revoked partitions' in-flight batches.
+    #[arg(long, env = "EBB_REVOKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    revoke_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, how long to wait for in-flight batches.
+    #[arg(long, env = "EBB_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+
+    /// First wait before retrying a failed sink write (doubles each time).
+    #[arg(long, env = "EBB_RETRY_BACKOFF", default_value = "100ms", value_parser = parse_duration)]
+    retry_backoff: Duration,
+
+    /// Longest wait between retries.
+    #[arg(long, env = "EBB_RETRY_MAX_BACKOFF", default_value = "10s", value_parser = parse_duration)]
+    retry_max_backoff: Duration,
+
+    /// Dead-letter topic for records that are not valid trades (created if absent);
+    /// `none` drops them. Default: <topic>.dlq.
+    #[arg(long, env = "EBB_DEAD_LETTER_TOPIC")]
+    dead_letter_topic: Option<String>,
+
+    /// Where processed records go.
+    #[arg(long, env = "EBB_SINK", value_enum, default_value_t = SinkKind::Sim)]
+    sink: SinkKind,
+
+    /// File for the file sink (JSON lines, appended).
+    #[arg(long, env = "EBB_SINK_FILE", required_if_eq("sink", "file"))]
+    sink_file: Option<PathBuf>,
+
+    /// Stop by itself after this long with nothing to do (for batch jobs and scripts).
+    #[arg(long, env = "EBB_STOP_AFTER_IDLE", value_parser = parse_duration)]
+    stop_after_idle: Option<Duration>,
+
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "EBB_METRICS_ADDR", default_value = "0.0.0.0:8000")]
+    metrics_addr: SocketAddr,
+
+    #[command(flatten)]
+    kafka: KafkaArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    Classic,
+    Consumer,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SinkKind {
+    /// Sleep BATCH_PROCESSING_TIME per batch and MESSAGE_PROCESSING_TIME per record.
+    Sim,
+    /// Append JSON lines to --sink-file.
+    File,
+    /// Write JSON lines to standard output.
+    Stdout,
+}
+
+pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
+    if args.retry_backoff.is_zero() || args.retry_max_backoff < args.retry_backoff {
+        return Err(UsageError(
+            "--retry-backoff / EBB_RETRY_BACKOFF must be > 0 and ≤ --retry-max-backoff".into(),
+        )
+        .into());
+    }
+    if args.batch_timeout.is_zero() {
+        return Err(
+            UsageError("--batch-timeout / BATCH_TIMEOUT_SECONDS must be > 0".into()).into(),
+        );
+    }
+    let sink: Arc<dyn Sink> = match args.sink {
+        SinkKind::Sim => Arc::new(SimSink {
+            batch_time: args.batch_processing_time,
+            message_time: args.message_processing_time,
+        }),
+        SinkKind::File => {
+            let path = args
+                .sink_file
+                .clone()
+                .ok_or_else(|| UsageError("--sink file needs --sink-file".into()))?;
+            Arc::new(FileSink::new(path))
+        }
+        SinkKind::Stdout => Arc::new(StdoutSink),
+    };
+    let dead_letter_topic = match args.dead_letter_topic.as_deref() {
+        Some("none") => None,
+        Some("") => {
+            return Err(UsageError(
+                "--dead-letter-topic / EBB_DEAD_LETTER_TOPIC is empty; give a topic or `none`"
+                    .into(),
+            )
+            .into());
+        }
+        Some(name) => Some(name.to_string()),
+        None => Some(format!("{}.dlq", args.topic)),
+    };
+    let settings = ConsumerSettings {
+        limits: BatchLimits {
+            max_records: args.batch_size as usize,
+            max_bytes: args.batch_max_bytes as usize,
+            timeout: args.batch_timeout,
+        },
+        max_in_flight: args.max_in_flight as usize,
+        auto_offset_reset: args.auto_offset_reset.clone(),
+        group_protocol: match args.group_protocol {
+            Protocol::Classic => GroupProtocol::Classic {
+                assignment_strategy: args.assignment_strategy.clone(),
+            },
+            Protocol::Consumer => GroupProtocol::Consumer,
+        },
+        session_timeout: args.session_timeout,
+        heartbeat_interval: args.heartbeat_interval,
+        revoke_timeout: args.revoke_timeout,
+        shutdown_timeout: args.shutdown_timeout,
+        retry: RetryPolicy {
+            initial_backoff: args.retry_backoff,
+            max_backoff: args.retry_max_backoff,
+        },
+        dead_letter_topic,
+        stop_after_idle: args.stop_after_idle,
+        ..ConsumerSettings::new(&args.topic, &args.group)
+    };
+
+    let mut registry = Registry::default();
+    let metrics = ConsumerMetrics::register(&mut registry);
+    let probes = Arc::new(Probes::default());
+    let bound = serve(
+        args.metrics_addr,
+        standard_routes(Arc::new(registry), probes.clone()),
+        "--metrics-addr / EBB_METRICS_ADDR",
+    )
+    .await?;
+    tracing::info!("Metrics available at {bound}/metrics");
+
+    let running = start(&args.kafka.options(), settings, sink, metrics, probes).await?;
+    let stop = running.stop_flag();
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let signals = tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: finishing in-flight batches, committing, leaving the group"),
+            _ = interrupt.recv() => tracing::info!("SIGINT: finishing in-flight batches, committing, leaving the group"),
+        }
+        stop.store(true, Ordering::SeqCst);
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        tracing::warn!("Second signal: exiting without waiting");
+        std::process::exit(1);
+    });
+    let report = running.wait().await;
+    signals.abort();
+    println!(
+        "Done: processed {} records in {} batches, dead-lettered {}",
+        report.processed, report.batches, report.dead_lettered
+    );
+    Ok(ExitCode::SUCCESS)
+}
