@@ -91,6 +91,18 @@ pub struct ReadRecord {
     pub value: Option<Vec<u8>>,
     /// Its timestamp in milliseconds (create or log-append time, as the topic says).
     pub timestamp_ms: Option<i64>,
+    /// Its headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl ReadRecord {
+    /// The value of header `name` as text, if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
 }
 
 /// Reads every partition of `topic` from the beginning, with no consumer group, until
@@ -103,6 +115,7 @@ pub fn read_topic(
     limit: std::time::Duration,
 ) -> Vec<ReadRecord> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Headers;
     use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
     use std::time::{Duration, Instant};
 
@@ -137,6 +150,14 @@ pub fn read_topic(
                     key: m.key().map(<[u8]>::to_vec),
                     value: m.payload().map(<[u8]>::to_vec),
                     timestamp_ms: m.timestamp().to_millis(),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 });
                 last = Instant::now();
             }
@@ -146,4 +167,78 @@ pub fn read_topic(
     }
     records.sort_by_key(|r| (r.partition, r.offset));
     records
+}
+
+/// Produces raw records (key, value; either may be absent) with another client than
+/// ebb's, and waits for every acknowledgement.
+pub fn produce_raw(bootstrap: &str, topic: &str, records: &[(Option<&[u8]>, Option<&[u8]>)]) {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use std::time::Duration;
+
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("message.max.bytes", (8 * 1024 * 1024).to_string())
+        .set("acks", "all")
+        .create()
+        .expect("raw producer");
+    for (key, value) in records {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if let Some(key) = key {
+            record = record.key(*key);
+        }
+        if let Some(value) = value {
+            record = record.payload(*value);
+        }
+        producer
+            .send(record)
+            .map_err(|(e, _)| e)
+            .expect("send raw record");
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("flush raw records");
+}
+
+/// Committed offsets of `group` for every partition of `topic` (absent: never committed).
+pub fn committed_offsets(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+) -> std::collections::HashMap<i32, i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    use std::time::Duration;
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("offset reader");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..metadata.topics()[0].partitions().len() as i32 {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }

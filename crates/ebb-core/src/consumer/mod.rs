@@ -295,7 +295,18 @@ impl ConsumerContext for Context {
             }
             Err(e) => {
                 self.shared.metrics.commit_failures.inc();
-                tracing::warn!("Commit of {} offset(s) failed: {e}", offsets.count());
+                tracing::warn!(
+                    "Commit of {} offset(s) failed: {e}; will retry",
+                    offsets.count()
+                );
+                // Let the committer send these again: a commit refused during a rebalance
+                // must not be taken for done.
+                let owned = lock(&self.shared.owned);
+                for element in offsets.elements_for_topic(&self.shared.topic) {
+                    if let Some(state) = owned.get(&element.partition()) {
+                        state.committed.store(-1, Ordering::SeqCst);
+                    }
+                }
             }
         };
     }
@@ -392,8 +403,10 @@ impl Context {
         if commit {
             let mut tpl = TopicPartitionList::new();
             for state in &states {
+                // Always commit, even if an asynchronous commit of the same offset was sent:
+                // that one may have been refused while the group was rebalancing.
                 let offset = state.committable.load(Ordering::SeqCst);
-                if offset >= 0 && offset > state.committed.load(Ordering::SeqCst) {
+                if offset >= 0 {
                     let _ = tpl.add_partition_offset(
                         &shared.topic,
                         state.partition,

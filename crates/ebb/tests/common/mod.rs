@@ -1,0 +1,220 @@
+//! Helpers for tests that drive the `ebb` binary against the local broker.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use ebb_testkit::{committed_offsets, free_port, kafka, produce_raw, read_topic, unique};
+
+/// `ebb` with a clean environment for its settings, pointed at the test broker.
+pub fn ebb() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ebb"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("KAFKA_")
+            || key.starts_with("EBB_")
+            || key.starts_with("BATCH_")
+            || key == "CONSUMER_GROUP"
+            || key == "MESSAGES_PER_SECOND"
+            || key == "MESSAGE_PROCESSING_TIME"
+        {
+            command.env_remove(key);
+        }
+    }
+    command.env("KAFKA_BOOTSTRAP_SERVERS", kafka());
+    command
+}
+
+/// Runs `ebb` to completion.
+pub fn run(args: &[&str]) -> Output {
+    ebb().args(args).output().expect("run ebb")
+}
+
+/// Creates a topic through `ebb topic create`.
+pub fn create_topic(prefix: &str, partitions: u32) -> String {
+    let name = unique(prefix);
+    let out = run(&[
+        "topic",
+        "create",
+        &name,
+        "--partitions",
+        &partitions.to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "topic create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    name
+}
+
+/// Produces exactly `count` trades through `ebb produce`.
+pub fn produce(topic: &str, count: u64, rate: &str) {
+    let out = run(&[
+        "produce",
+        "--topic",
+        topic,
+        "--count",
+        &count.to_string(),
+        "--rate",
+        rate,
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(
+        out.status.success(),
+        "produce: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts `ebb produce` in the background.
+pub fn spawn_producer(topic: &str, rate: &str) -> Child {
+    ebb()
+        .args([
+            "produce",
+            "--topic",
+            topic,
+            "--rate",
+            rate,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn producer")
+}
+
+/// Starts `ebb consume` with the file sink writing to `file`.
+pub fn spawn_consumer(topic: &str, group: &str, file: &Path, extra: &[&str]) -> Child {
+    ebb()
+        .args([
+            "consume", "--topic", topic, "--group", group, "--sink", "file",
+        ])
+        .arg("--sink-file")
+        .arg(file)
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn consumer")
+}
+
+/// Sends `signal` to a child.
+pub fn signal(child: &Child, signal: i32) {
+    // SAFETY: kill(2) with a pid we own; no memory is involved.
+    let rc = unsafe { libc::kill(child.id() as i32, signal) };
+    assert_eq!(rc, 0, "kill({}, {signal})", child.id());
+}
+
+/// Waits for a child to exit, killing it after `limit`; returns its output.
+pub fn finish(mut child: Child, limit: Duration) -> Output {
+    let started = Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "process did not exit within {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A fresh path in a fresh temporary directory.
+pub fn temp_file(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("ebb-test"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join(name)
+}
+
+/// (partition, offset) of every line of a file-sink output, in file order.
+pub fn sink_lines(path: &Path) -> Vec<(i32, i64)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("sink line is JSON");
+            (
+                v["partition"].as_i64().unwrap() as i32,
+                v["offset"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until `cond` holds, polling; panics with `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What a set of sink outputs says about delivery, per partition.
+#[derive(Debug, Default)]
+pub struct Audit {
+    /// Offsets missing below each partition's highest seen offset.
+    pub gaps: usize,
+    /// Records seen more than once.
+    pub duplicates: usize,
+    /// Places where one file shows a partition's offsets going backwards (or repeating).
+    pub out_of_order: usize,
+    /// Distinct records seen.
+    pub distinct: usize,
+}
+
+/// Checks sink outputs against the topic's end offsets (`ends[p]` = records in p).
+pub fn audit(files: &[&Path], ends: &HashMap<i32, i64>) -> Audit {
+    let mut seen: BTreeMap<(i32, i64), usize> = BTreeMap::new();
+    let mut audit = Audit::default();
+    for file in files {
+        let mut last: HashMap<i32, i64> = HashMap::new();
+        for (p, o) in sink_lines(file) {
+            *seen.entry((p, o)).or_default() += 1;
+            if let Some(prev) = last.insert(p, o)
+                && o <= prev
+            {
+                audit.out_of_order += 1;
+            }
+        }
+    }
+    for (&p, &end) in ends {
+        for o in 0..end {
+            match seen.get(&(p, o)) {
+                None => audit.gaps += 1,
+                Some(&n) => audit.duplicates += n - 1,
+            }
+        }
+    }
+    audit.distinct = seen.len();
+    audit
+}
+
+/// Record count per partition of a topic, read back from the broker.
+pub fn end_offsets(topic: &str) -> HashMap<i32, i64> {
+    let mut ends = HashMap::new();
+    for r in read_topic(
+        &kafka(),
+        topic,
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+    ) {
+        let e = ends.entry(r.partition).or_insert(0);
+        *e = (*e).max(r.offset + 1);
+    }
+    ends
+}
