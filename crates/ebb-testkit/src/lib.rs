@@ -169,9 +169,12 @@ pub fn read_topic(
     records
 }
 
+/// A record to produce as is: key and value, either may be absent.
+pub type RawRecord<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
 /// Produces raw records (key, value; either may be absent) with another client than
 /// ebb's, and waits for every acknowledgement.
-pub fn produce_raw(bootstrap: &str, topic: &str, records: &[(Option<&[u8]>, Option<&[u8]>)]) {
+pub fn produce_raw(bootstrap: &str, topic: &str, records: &[RawRecord<'_>]) {
     use rdkafka::ClientConfig;
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     use std::time::Duration;
