@@ -245,7 +245,10 @@ impl ConsumerContext for Context {
                 .inc();
             let started = Instant::now();
             let timeout = self.shared.settings.revoke_timeout;
-            self.release(consumer, &partitions, timeout, !lost);
+            if self.release(consumer, &partitions, timeout, !lost) == 0 {
+                // Already released (the consumer is closing after a stop).
+                return;
+            }
             let drained = started.elapsed();
             self.shared
                 .metrics
@@ -351,14 +354,15 @@ impl Context {
     }
 
     /// Stops owning `partitions`: drops their unprocessed records, lets in-flight batches
-    /// finish (up to `timeout`), then commits what was handled, synchronously.
+    /// finish (up to `timeout`), then commits what was handled, synchronously. Returns how
+    /// many of them were owned.
     fn release(
         &self,
         consumer: &BaseConsumer<Self>,
         partitions: &[i32],
         timeout: Duration,
         commit: bool,
-    ) {
+    ) -> usize {
         let shared = &self.shared;
         let mut released = Vec::new();
         {
@@ -381,8 +385,9 @@ impl Context {
             shared.metrics.assigned_partitions.set(lanes.len() as i64);
         }
         if released.is_empty() {
-            return;
+            return 0;
         }
+        let count = released.len();
         let (states, workers): (Vec<_>, Vec<_>) = released.into_iter().unzip();
         let aborts: Vec<_> = workers.iter().map(JoinHandle::abort_handle).collect();
         let finished = shared.runtime.block_on(async {
@@ -423,6 +428,7 @@ impl Context {
                 }
             }
         }
+        count
     }
 
     /// Hands closed batches to workers; pauses a partition whose worker has no room and

@@ -1,5 +1,5 @@
 //! Helpers for tests that drive the `ebb` binary against the local broker.
-#![allow(dead_code)] // each test binary uses a different subset
+#![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,175 @@
+//! The `topic` and `produce` commands as a user runs them: output, exit codes, errors.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn topic_create_then_list_shows_it() {
+    let name = unique("listed");
+    let out = run(&["topic", "create", &name, "--partitions", "5"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["topic", "list"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .expect("listed");
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>(),
+        [name.as_str(), "5", "1"]
+    );
+
+    let again = run(&["topic", "create", &name, "--partitions", "5"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    assert!(
+        run(&["topic", "create", &name, "--if-not-exists"])
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn unreachable_broker_is_one_clear_line_within_the_timeout() {
+    let port = free_port().to_string();
+    let started = Instant::now();
+    let out = ebb()
+        .args(["topic", "list", "--kafka-timeout", "2s"])
+        .env("KAFKA_BOOTSTRAP_SERVERS", format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("EBB_KAFKA_PORT={port} scripts/kafka-local start")),
+        "{stderr}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(6),
+        "gave up after {elapsed:?}"
+    );
+}
+
+#[test]
+fn malformed_rate_profile_exits_2_and_points_at_the_part() {
+    let out = run(&["produce", "--rate", "10@60s,fast@5m"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("segment 2 \"fast@5m\""), "{stderr}");
+    let out = run(&["produce", "--topic", &unique("absent"), "--count", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
+
+#[test]
+fn sigterm_during_a_run_flushes_and_every_record_reported_sent_is_in_the_topic() {
+    let topic = create_topic("produce-term", 4);
+    let producer = spawn_producer(&topic, "3000");
+    std::thread::sleep(Duration::from_secs(2));
+    signal(&producer, libc::SIGTERM);
+    let out = finish(producer, Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let sent: usize = stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "sent")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no totals in {stdout}"));
+    assert!(
+        sent > 3000,
+        "ran for about two seconds at 3000 msg/s: {stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("delivered {sent} failed 0 undelivered 0")),
+        "{stdout}"
+    );
+    let records = read_topic(
+        &kafka(),
+        &topic,
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    );
+    assert_eq!(records.len(), sent);
+}
+
+#[test]
+fn rate_endpoint_changes_the_rate_and_rejects_bad_profiles() {
+    let topic = create_topic("rate-http", 2);
+    let port = free_port();
+    let mut producer = ebb()
+        .args([
+            "produce",
+            "--topic",
+            &topic,
+            "--rate",
+            "100",
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    wait_until(
+        "the producer's HTTP server",
+        Duration::from_secs(20),
+        || http(&addr, "GET", "/readyz", "").0 == 200,
+    );
+    assert_eq!(http(&addr, "GET", "/rate", ""), (200, "100\n".to_string()));
+    assert_eq!(http(&addr, "PUT", "/rate", "0..500@10s,500").0, 200);
+    assert_eq!(http(&addr, "GET", "/rate", "").1, "0..500@10s,500\n");
+    let (status, body) = http(&addr, "POST", "/rate", "lots");
+    assert_eq!(status, 400);
+    assert!(body.contains("\"lots\""), "{body}");
+    assert_eq!(http(&addr, "GET", "/healthz", "").0, 200);
+    assert!(
+        http(&addr, "GET", "/metrics", "")
+            .1
+            .contains("ebb_producer_messages_sent_total")
+    );
+    producer.kill().unwrap();
+    producer.wait().unwrap();
+}
+
+/// A minimal HTTP/1.0 client: (status, body).
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
