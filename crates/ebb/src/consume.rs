@@ -240,8 +240,12 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     let report = running.wait().await;
     signals.abort();
     println!(
-        "Done: processed {} records in {} batches, dead-lettered {}",
-        report.processed, report.batches, report.dead_lettered
+        "Done: processed {} records in {} batches ({:.0} msg/s over {:.1}s of processing), dead-lettered {}",
+        report.processed,
+        report.batches,
+        report.rate(),
+        report.active.as_secs_f64(),
+        report.dead_lettered
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -151,6 +151,20 @@ pub struct ConsumerReport {
     pub dead_lettered: u64,
     /// Batches handled.
     pub batches: u64,
+    /// From the start of the first batch to the end of the last one.
+    pub active: Duration,
+}
+
+impl ConsumerReport {
+    /// Records processed per second of [`ConsumerReport::active`] time.
+    pub fn rate(&self) -> f64 {
+        let seconds = self.active.as_secs_f64();
+        if seconds > 0.0 {
+            self.processed as f64 / seconds
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Ownership of one partition, shared by the poll thread, its worker and the committer.
@@ -193,6 +207,12 @@ struct Shared {
     dead_lettered: AtomicU64,
     batches: AtomicU64,
     busy_batches: AtomicI64,
+    /// Reference point for the two timestamps below.
+    created: Instant,
+    /// Nanoseconds after `created` when the first batch started (`u64::MAX`: none yet).
+    first_batch_ns: AtomicU64,
+    /// Nanoseconds after `created` when the latest batch finished.
+    last_batch_ns: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -498,6 +518,10 @@ async fn handle_batch(shared: &Shared, state: &PartitionState, batch: Batch) {
     let metrics = &shared.metrics;
     metrics.in_flight.inc();
     let started = Instant::now();
+    let since_created = started.duration_since(shared.created).as_nanos() as u64;
+    shared
+        .first_batch_ns
+        .fetch_min(since_created, Ordering::Relaxed);
     let count = batch.records.len();
     let next_offset = batch.next_offset();
     tracing::debug!("Processing batch of {count} messages");
@@ -572,6 +596,8 @@ async fn handle_batch(shared: &Shared, state: &PartitionState, batch: Batch) {
         .dead_lettered
         .fetch_add(rejected.len() as u64, Ordering::Relaxed);
     shared.batches.fetch_add(1, Ordering::Relaxed);
+    let finished = shared.created.elapsed().as_nanos() as u64;
+    shared.last_batch_ns.fetch_max(finished, Ordering::Relaxed);
     state.committable.store(next_offset, Ordering::SeqCst);
     shared.commit_wanted.notify_one();
 }
@@ -760,6 +786,9 @@ pub async fn start(
         dead_lettered: AtomicU64::new(0),
         batches: AtomicU64::new(0),
         busy_batches: AtomicI64::new(0),
+        created: Instant::now(),
+        first_batch_ns: AtomicU64::new(u64::MAX),
+        last_batch_ns: AtomicU64::new(0),
     });
     let context = Context {
         shared: shared.clone(),
@@ -889,6 +918,12 @@ fn poll_loop(
         processed: shared.processed.load(Ordering::SeqCst),
         dead_lettered: shared.dead_lettered.load(Ordering::SeqCst),
         batches: shared.batches.load(Ordering::SeqCst),
+        active: Duration::from_nanos(
+            shared
+                .last_batch_ns
+                .load(Ordering::SeqCst)
+                .saturating_sub(shared.first_batch_ns.load(Ordering::SeqCst)),
+        ),
     };
     tracing::info!(
         "Stopped: processed {} records in {} batches, dead-lettered {}",

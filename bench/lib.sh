@@ -1,0 +1,39 @@
+# Shared helpers for ebb's benchmarks (sourced, not run). Each benchmark builds ebb in
+# release mode, starts the local Kafka, prints a table and ends with one RESULT line.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bootstrap="127.0.0.1:${EBB_KAFKA_PORT:-9092}"
+ebb="$root/target/release/ebb"
+export KAFKA_BOOTSTRAP_SERVERS="$bootstrap"
+
+say() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+prepare() {
+  say "building ebb (release)"
+  cargo build --release --quiet -p ebb
+  "$root/scripts/kafka-local" start >&2
+}
+
+kafka_tool() { "$root/scripts/kafka-local" tool "$@"; }
+
+# new_topic PREFIX PARTITIONS [--config k=v ...] -> prints the name
+new_topic() {
+  local name="bench-$1-$(date +%s)-$$"
+  shift
+  local partitions="$1"
+  shift
+  "$ebb" topic create "$name" --partitions "$partitions" "$@" >&2
+  echo "$name"
+}
+
+# Sum of the end offsets of a topic (records in it), from the broker.
+topic_records() {
+  kafka_tool org.apache.kafka.tools.GetOffsetShell --bootstrap-server "$bootstrap" \
+    --topic "$1" --time -1 2>/dev/null | awk -F: '{s += $3} END {print s + 0}'
+}
+
+# ratio A B -> A/B with 2 decimals
+ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}' if b else 'inf')" "$1" "$2"; }
+
+machine() { echo "$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr)"; }
