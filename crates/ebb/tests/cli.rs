@@ -173,3 +173,38 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+#[test]
+fn sighup_rereads_the_scenario_file() {
+    let topic = create_topic("sighup", 2);
+    let scenario = temp_file("scenario.yaml");
+    std::fs::write(&scenario, "traffic: \"50\"\n").unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut producer = ebb()
+        .args(["produce", "--topic", &topic, "--metrics-addr", &addr])
+        .arg("--scenario")
+        .arg(&scenario)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(
+        "the producer's HTTP server",
+        Duration::from_secs(20),
+        || http(&addr, "GET", "/rate", "").0 == 200,
+    );
+    assert_eq!(http(&addr, "GET", "/rate", "").1, "50\n");
+    std::fs::write(&scenario, "traffic:\n  - 200@1m\n  - 0\n").unwrap();
+    signal(&producer, libc::SIGHUP);
+    wait_until("the new profile", Duration::from_secs(10), || {
+        http(&addr, "GET", "/rate", "").1 == "200@1m,0\n"
+    });
+    // A broken file keeps the running profile.
+    std::fs::write(&scenario, "traffic: \"oops@\"\n").unwrap();
+    signal(&producer, libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(http(&addr, "GET", "/rate", "").1, "200@1m,0\n");
+    producer.kill().unwrap();
+    producer.wait().unwrap();
+}

@@ -396,3 +396,33 @@ fn bad_configuration_exits_2_and_names_the_setting() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--batch-size"));
 }
+
+#[test]
+fn the_kip_848_consumer_protocol_consumes_everything() {
+    let topic = create_topic("kip848", 4);
+    produce(&topic, 2000, "20000");
+    let file = temp_file("out.jsonl");
+    let consumer = spawn_consumer(
+        &topic,
+        &unique("g"),
+        &file,
+        &["--group-protocol", "consumer", "--stop-after-idle", "2s"],
+    );
+    let out = finish(consumer, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let audit = audit(&[&file], &end_offsets(&topic));
+    assert_eq!(
+        (
+            audit.gaps,
+            audit.duplicates,
+            audit.out_of_order,
+            audit.distinct
+        ),
+        (0, 0, 0, 2000),
+        "{audit:?}"
+    );
+}

@@ -3,8 +3,9 @@
 //! runtime retries the same batch).
 //!
 //! - `sim`: the reference's simulated database write, a sleep per batch and per record;
-//! - `file`: JSON lines (topic, partition, offset, key, timestamp, value), opened for
-//!   append on each batch so the file can be rotated or replaced under a running consumer;
+//! - `file`: JSON lines (topic, partition, offset, key, timestamp, value, and
+//!   `processed_ms`, when the line was written), opened for append on each batch so the
+//!   file can be rotated or replaced under a running consumer;
 //! - `stdout`: the same lines on standard output.
 
 use std::future::Future;
@@ -81,9 +82,13 @@ struct Line<'a> {
     key: Option<std::borrow::Cow<'a, str>>,
     timestamp: Option<i64>,
     value: Option<std::borrow::Cow<'a, str>>,
+    processed_ms: i64,
 }
 
 fn render(topic: &str, partition: i32, records: &[Accepted]) -> Vec<u8> {
+    let processed_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     let mut out = Vec::with_capacity(records.len() * 320);
     for accepted in records {
         let r = &accepted.record;
@@ -94,6 +99,7 @@ fn render(topic: &str, partition: i32, records: &[Accepted]) -> Vec<u8> {
             key: r.key.as_deref().map(String::from_utf8_lossy),
             timestamp: r.timestamp_ms,
             value: r.value.as_deref().map(String::from_utf8_lossy),
+            processed_ms,
         };
         // A struct of strings and integers always serializes.
         serde_json::to_writer(&mut out, &line).expect("line serializes");
@@ -202,6 +208,7 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[2]["offset"], 7);
         assert_eq!(lines[0]["partition"], 2);
+        assert!(lines[0]["processed_ms"].as_i64().unwrap() > 1_700_000_000_000);
         let value: Trade = serde_json::from_str(lines[0]["value"].as_str().unwrap()).unwrap();
         assert_eq!(lines[0]["key"].as_str().unwrap(), value.account_id);
         std::fs::remove_dir_all(dir).unwrap();
