@@ -6,6 +6,7 @@
 //!   "quantity":1..1000,"price":50.00..500.00,"timestamp":ISO-8601 UTC}`.
 //! The record key is the account id, so one account's trades keep their order.
 
+use std::borrow::Cow;
 use std::time::SystemTime;
 
 use rand::rngs::StdRng;
@@ -53,17 +54,54 @@ pub enum InvalidTrade {
     },
 }
 
-impl Trade {
-    /// Parses and checks a record value.
-    pub fn parse(value: Option<&[u8]>) -> Result<Trade, InvalidTrade> {
+/// A trade borrowed from a record's bytes: what validation reads, without allocating.
+#[derive(Debug, Deserialize)]
+pub struct TradeRef<'a> {
+    /// See [`Trade::account_id`].
+    #[serde(borrow)]
+    pub account_id: Cow<'a, str>,
+    /// See [`Trade::trade_id`].
+    #[serde(borrow)]
+    pub trade_id: Cow<'a, str>,
+    /// See [`Trade::symbol`].
+    #[serde(borrow)]
+    pub symbol: Cow<'a, str>,
+    /// See [`Trade::trade_type`].
+    #[serde(borrow)]
+    pub trade_type: Cow<'a, str>,
+    /// See [`Trade::quantity`].
+    pub quantity: u32,
+    /// See [`Trade::price`].
+    pub price: f64,
+    /// See [`Trade::timestamp`].
+    #[serde(borrow)]
+    pub timestamp: Cow<'a, str>,
+}
+
+impl<'a> TradeRef<'a> {
+    /// Parses and checks a record value, borrowing from it.
+    pub fn parse(value: Option<&'a [u8]>) -> Result<TradeRef<'a>, InvalidTrade> {
         let bytes = match value {
             None | Some([]) => return Err(InvalidTrade::Empty),
             Some(bytes) => bytes,
         };
-        let trade: Trade =
+        let trade: TradeRef<'a> =
             serde_json::from_slice(bytes).map_err(|e| InvalidTrade::Malformed(e.to_string()))?;
         trade.check()?;
         Ok(trade)
+    }
+
+    /// An owned copy.
+    pub fn to_owned_trade(&self) -> Trade {
+        Trade {
+            account_id: self.account_id.to_string(),
+            trade_id: self.trade_id.to_string(),
+            symbol: self.symbol.to_string(),
+            trade_type: self.trade_type.to_string(),
+            quantity: self.quantity,
+            price: self.price,
+            timestamp: self.timestamp.to_string(),
+        }
     }
 
     fn check(&self) -> Result<(), InvalidTrade> {
@@ -95,6 +133,13 @@ impl Trade {
             return field("timestamp", "is not an ISO-8601 time");
         }
         Ok(())
+    }
+}
+
+impl Trade {
+    /// Parses and checks a record value.
+    pub fn parse(value: Option<&[u8]>) -> Result<Trade, InvalidTrade> {
+        TradeRef::parse(value).map(|t| t.to_owned_trade())
     }
 }
 

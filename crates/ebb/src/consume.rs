@@ -63,6 +63,12 @@ pub struct ConsumeArgs {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     max_in_flight: u32,
 
+    /// Most records held in batches waiting for workers, across partitions; beyond it the
+    /// poll thread waits and records stay in the client's bounded fetch queue. Default:
+    /// 2 × --max-in-flight × --batch-size, within 5,000..=100,000.
+    #[arg(long, env = "EBB_MAX_BUFFERED_RECORDS", value_parser = clap::value_parser!(u64).range(1..))]
+    max_buffered_records: Option<u64>,
+
     /// Where a group with no committed offset starts. `earliest`, because a new group that
     /// starts at `latest` silently skips everything already in the topic.
     #[arg(long, env = "EBB_AUTO_OFFSET_RESET", default_value = "earliest",
@@ -189,6 +195,15 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             timeout: args.batch_timeout,
         },
         max_in_flight: args.max_in_flight as usize,
+        max_buffered_records: args.max_buffered_records.map_or_else(
+            || {
+                ConsumerSettings::default_max_buffered_records(
+                    args.max_in_flight as usize,
+                    args.batch_size as usize,
+                )
+            },
+            |n| n as usize,
+        ),
         auto_offset_reset: args.auto_offset_reset.clone(),
         group_protocol: match args.group_protocol {
             Protocol::Classic => GroupProtocol::Classic {

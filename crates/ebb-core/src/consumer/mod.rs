@@ -11,16 +11,23 @@
 //! The contracts (DESIGN.md §4): an offset is committed only after every record before it
 //! was handled; on revoke the revoked partitions' in-flight batches finish (bounded) and
 //! are committed synchronously before the partitions are released; on stop the same
-//! happens for every partition and the consumer leaves the group at once; a partition whose
-//! worker falls behind is paused, so memory stays bounded.
+//! happens for every partition and the consumer leaves the group at once.
+//!
+//! Memory stays bounded two ways. When all partitions together hold `max_buffered_records`
+//! in closed batches, the poll thread stops taking records until workers catch up, and
+//! records wait in librdkafka's bounded fetch queue. And a partition whose sink writes are
+//! failing (held, being retried) is paused until they succeed again, so it does not fill
+//! that budget while the others flow. Pausing is kept for that case only: a pause makes
+//! librdkafka drop what it had fetched for the partition and fetch it again on resume,
+//! which, done on every small backlog, costs most of a consumer's throughput.
 
 pub mod batch;
 pub mod dead_letter;
 pub mod metrics;
 pub mod sink;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -36,11 +43,11 @@ use tokio::task::JoinHandle;
 use self::batch::{Batch, BatchBuilder, BatchLimits, Record};
 use self::dead_letter::DeadLetters;
 use self::metrics::{ConsumerMetrics, KindLabel, PartitionLabel, StatusLabel};
-use self::sink::{Accepted, Sink};
+use self::sink::Sink;
 use crate::admin::{Admin, AdminError};
 use crate::http::Probes;
 use crate::kafka::KafkaOptions;
-use crate::trade::Trade;
+use crate::trade::TradeRef;
 
 /// How the group assigns partitions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +84,9 @@ pub struct ConsumerSettings {
     pub limits: BatchLimits,
     /// Most batches in the sink at once, across partitions.
     pub max_in_flight: usize,
+    /// Most records held in closed batches, across partitions, before the poll thread
+    /// waits for workers to catch up. See [`ConsumerSettings::default_max_buffered_records`].
+    pub max_buffered_records: usize,
     /// Where a group without a committed offset starts: `earliest` or `latest`.
     pub auto_offset_reset: String,
     /// Group protocol and assignor.
@@ -100,6 +110,12 @@ pub struct ConsumerSettings {
 }
 
 impl ConsumerSettings {
+    /// Enough buffered records to keep every in-flight slot busy with one batch queued
+    /// behind it (2 × in-flight × batch size), within 5,000..=100,000.
+    pub fn default_max_buffered_records(max_in_flight: usize, batch_size: usize) -> usize {
+        (2 * max_in_flight * batch_size).clamp(5_000, 100_000)
+    }
+
     /// The reference consumer's defaults for `topic` and `group`.
     pub fn new(topic: impl Into<String>, group: impl Into<String>) -> Self {
         let topic = topic.into();
@@ -113,6 +129,7 @@ impl ConsumerSettings {
                 timeout: Duration::from_millis(100),
             },
             max_in_flight: 64,
+            max_buffered_records: Self::default_max_buffered_records(64, 100),
             auto_offset_reset: "earliest".into(),
             group_protocol: GroupProtocol::Classic {
                 assignment_strategy: "cooperative-sticky".into(),
@@ -178,14 +195,16 @@ struct PartitionState {
     released: AtomicBool,
     /// Log-end minus committed offset, from the client's statistics (-1 unknown).
     lag: AtomicI64,
+    /// Records in closed batches sent to the worker and not yet finished.
+    queued_records: AtomicUsize,
+    /// The worker is retrying a failed write: pause the partition until it succeeds.
+    held: AtomicBool,
 }
 
 /// The poll thread's view of one owned partition.
 struct Lane {
     builder: BatchBuilder,
-    tx: mpsc::Sender<Batch>,
-    /// Closed batches waiting for room in the worker's channel.
-    ready: VecDeque<Batch>,
+    tx: mpsc::UnboundedSender<Batch>,
     paused: bool,
     state: Arc<PartitionState>,
     worker: JoinHandle<()>,
@@ -207,6 +226,8 @@ struct Shared {
     dead_lettered: AtomicU64,
     batches: AtomicU64,
     busy_batches: AtomicI64,
+    /// Records in closed batches not yet finished, across partitions.
+    buffered_records: AtomicUsize,
     /// Reference point for the two timestamps below.
     created: Instant,
     /// Nanoseconds after `created` when the first batch started (`u64::MAX`: none yet).
@@ -349,10 +370,11 @@ impl Context {
                 committed: AtomicI64::new(-1),
                 released: AtomicBool::new(false),
                 lag: AtomicI64::new(-1),
+                queued_records: AtomicUsize::new(0),
+                held: AtomicBool::new(false),
             });
-            // One batch queued behind the one in the sink: enough to keep the sink busy,
-            // little enough that a slow partition pauses early.
-            let (tx, rx) = mpsc::channel(1);
+            // Unbounded, because the poll thread bounds what it sends (see the module docs).
+            let (tx, rx) = mpsc::unbounded_channel();
             let worker = shared
                 .runtime
                 .spawn(run_worker(shared.clone(), state.clone(), rx));
@@ -363,7 +385,6 @@ impl Context {
                 Lane {
                     builder: BatchBuilder::new(shared.topic.clone(), partition, limits),
                     tx,
-                    ready: VecDeque::new(),
                     paused: false,
                     state,
                     worker,
@@ -409,21 +430,31 @@ impl Context {
         }
         let count = released.len();
         let (states, workers): (Vec<_>, Vec<_>) = released.into_iter().unzip();
-        let aborts: Vec<_> = workers.iter().map(JoinHandle::abort_handle).collect();
-        let finished = shared.runtime.block_on(async {
-            tokio::time::timeout(timeout, async {
-                for worker in workers {
+        shared.runtime.block_on(async {
+            let aborts: Vec<_> = workers.iter().map(JoinHandle::abort_handle).collect();
+            let mut workers = workers.into_iter();
+            let finished = tokio::time::timeout(timeout, async {
+                for worker in workers.by_ref() {
                     let _ = worker.await;
                 }
             })
-            .await
+            .await;
+            if finished.is_err() {
+                tracing::warn!(
+                    "In-flight batches of {} partition(s) did not finish within {timeout:?}; abandoning them (they will be processed again by the next owner)",
+                    states.len()
+                );
+                aborts.iter().for_each(|a| a.abort());
+                // Aborted tasks end at their next await point; wait for that, so nothing
+                // below races with them.
+                for worker in workers {
+                    let _ = worker.await;
+                }
+            }
         });
-        if finished.is_err() {
-            tracing::warn!(
-                "In-flight batches of {} partition(s) did not finish within {timeout:?}; abandoning them (they will be processed again by the next owner)",
-                states.len()
-            );
-            aborts.iter().for_each(|a| a.abort());
+        for state in &states {
+            let left = state.queued_records.swap(0, Ordering::SeqCst);
+            shared.buffered_records.fetch_sub(left, Ordering::SeqCst);
         }
         if commit {
             let mut tpl = TopicPartitionList::new();
@@ -451,44 +482,62 @@ impl Context {
         count
     }
 
-    /// Hands closed batches to workers; pauses a partition whose worker has no room and
-    /// resumes it when there is.
-    fn dispatch(&self, consumer: &BaseConsumer<Self>, lane: &mut Lane) {
-        while let Some(batch) = lane.ready.pop_front() {
-            match lane.tx.try_send(batch) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(batch)) => {
-                    lane.ready.push_front(batch);
-                    break;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    lane.ready.clear();
-                    break;
-                }
+    /// Closes timed-out batches and resumes partitions whose workers caught up; returns
+    /// when the lanes next need a look.
+    fn sweep(&self, consumer: &BaseConsumer<Self>, now: Instant) -> Instant {
+        let mut next = now + Duration::from_millis(100);
+        let mut lanes = lock(&self.lanes);
+        for lane in lanes.values_mut() {
+            if let Some(batch) = lane.builder.poll_timeout(now) {
+                self.dispatch(lane, batch);
+            }
+            let held = lane.state.held.load(Ordering::SeqCst);
+            if held != lane.paused {
+                self.set_paused(consumer, lane, held);
+            }
+            if let Some(deadline) = lane.builder.deadline() {
+                next = next.min(deadline);
             }
         }
-        let want_paused = !lane.ready.is_empty();
-        if want_paused != lane.paused {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&self.shared.topic, lane.state.partition);
-            let result = if want_paused {
-                consumer.pause(&tpl)
-            } else {
-                consumer.resume(&tpl)
-            };
-            match result {
-                Ok(()) => {
-                    lane.paused = want_paused;
-                    if want_paused {
-                        self.shared.metrics.paused_partitions.inc();
-                    } else {
-                        self.shared.metrics.paused_partitions.dec();
-                    }
+        next
+    }
+
+    /// Hands a closed batch to the partition's worker.
+    fn dispatch(&self, lane: &mut Lane, batch: Batch) {
+        let records = batch.records.len();
+        lane.state
+            .queued_records
+            .fetch_add(records, Ordering::SeqCst);
+        self.shared
+            .buffered_records
+            .fetch_add(records, Ordering::SeqCst);
+        // A closed channel means the partition is being released; the release settles the
+        // counters.
+        let _ = lane.tx.send(batch);
+    }
+
+    fn set_paused(&self, consumer: &BaseConsumer<Self>, lane: &mut Lane, paused: bool) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.shared.topic, lane.state.partition);
+        let result = if paused {
+            consumer.pause(&tpl)
+        } else {
+            consumer.resume(&tpl)
+        };
+        match result {
+            Ok(()) => {
+                lane.paused = paused;
+                if paused {
+                    self.shared.metrics.paused_partitions.inc();
+                } else {
+                    self.shared.metrics.paused_partitions.dec();
                 }
-                Err(e) => tracing::warn!(
+            }
+            Err(e) => {
+                tracing::warn!(
                     "Cannot pause/resume partition {}: {e}",
                     lane.state.partition
-                ),
+                )
             }
         }
     }
@@ -497,15 +546,19 @@ impl Context {
 async fn run_worker(
     shared: Arc<Shared>,
     state: Arc<PartitionState>,
-    mut rx: mpsc::Receiver<Batch>,
+    mut rx: mpsc::UnboundedReceiver<Batch>,
 ) {
     while let Some(batch) = rx.recv().await {
         if state.released.load(Ordering::SeqCst) {
+            // What is left is dropped unprocessed; the release settles the counters.
             break;
         }
+        let records = batch.records.len();
         shared.busy_batches.fetch_add(1, Ordering::SeqCst);
         handle_batch(&shared, &state, batch).await;
         shared.busy_batches.fetch_sub(1, Ordering::SeqCst);
+        state.queued_records.fetch_sub(records, Ordering::SeqCst);
+        shared.buffered_records.fetch_sub(records, Ordering::SeqCst);
     }
 }
 
@@ -537,8 +590,8 @@ async fn handle_batch(shared: &Shared, state: &PartitionState, batch: Batch) {
                 .message_age
                 .observe((now_ms - ts).max(0) as f64 / 1000.0);
         }
-        match Trade::parse(record.value.as_deref()) {
-            Ok(trade) => accepted.push(Accepted { record, trade }),
+        match TradeRef::parse(record.value.as_deref()).map(|_| ()) {
+            Ok(()) => accepted.push(record),
             Err(reason) => rejected.push((record, reason.to_string())),
         }
     }
@@ -612,8 +665,12 @@ where
     let mut backoff = shared.settings.retry.initial_backoff;
     loop {
         match attempt().await {
-            Ok(()) => return Some(()),
+            Ok(()) => {
+                state.held.store(false, Ordering::SeqCst);
+                return Some(());
+            }
             Err(e) => {
+                state.held.store(true, Ordering::SeqCst);
                 if state.released.load(Ordering::SeqCst) {
                     return None;
                 }
@@ -746,8 +803,14 @@ pub async fn start(
         .set("auto.offset.reset", &settings.auto_offset_reset)
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", "5000")
-        // Bounded prefetch: the fetch queue is the consumer's largest memory user.
-        .set("queued.max.messages.kbytes", "16384");
+        // Bounded prefetch: the fetch queue and the fetch responses (which live as long
+        // as any record in them) are the consumer's largest memory users. These keep a
+        // consumer near 35 MiB at a million records a second.
+        .set("queued.max.messages.kbytes", "4096")
+        .set("max.partition.fetch.bytes", "262144")
+        // librdkafka waits this long before fetching again once that queue is full; its
+        // default (1 s) starves a consumer that drains the queue in milliseconds.
+        .set("fetch.queue.backoff.ms", "10");
     match &settings.group_protocol {
         GroupProtocol::Classic {
             assignment_strategy,
@@ -786,6 +849,7 @@ pub async fn start(
         dead_lettered: AtomicU64::new(0),
         batches: AtomicU64::new(0),
         busy_batches: AtomicI64::new(0),
+        buffered_records: AtomicUsize::new(0),
         created: Instant::now(),
         first_batch_ns: AtomicU64::new(u64::MAX),
         last_batch_ns: AtomicU64::new(0),
@@ -842,20 +906,46 @@ fn poll_loop(
     let context = consumer.context();
     let mut summary = Summary::new(shared.settings.report_interval);
     let mut last_activity = Instant::now();
+    let mut next_sweep = Instant::now();
+    let mut last_poll = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let now = Instant::now();
-        let next_deadline = lock(&context.lanes)
-            .values()
-            .filter_map(|l| l.builder.deadline())
-            .min();
-        let wait = next_deadline
-            .map_or(Duration::from_millis(100), |d| {
-                d.saturating_duration_since(now)
-            })
-            .min(Duration::from_millis(100));
+        if now >= next_sweep {
+            next_sweep = context.sweep(&consumer, now);
+            summary.maybe_log(&shared, &context.lanes);
+            if shared.busy_batches.load(Ordering::SeqCst) > 0 {
+                last_activity = now;
+            }
+            if let Some(idle) = shared.settings.stop_after_idle
+                && now.duration_since(last_activity) >= idle
+                && shared.buffered_records.load(Ordering::SeqCst) == 0
+                && lock(&context.lanes).values().all(|l| l.builder.is_empty())
+                && shared.probes.is_ready()
+            {
+                tracing::info!("Nothing to do for {idle:?}; stopping");
+                break;
+            }
+        }
+        let full =
+            shared.buffered_records.load(Ordering::SeqCst) >= shared.settings.max_buffered_records;
+        let wait = if full {
+            // Workers are behind: leave records in librdkafka's queue. Still poll now and
+            // then, so rebalances are served and the group does not think us dead.
+            if now.duration_since(last_poll) < Duration::from_millis(100) {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            Duration::ZERO
+        } else {
+            next_sweep
+                .saturating_duration_since(now)
+                .min(Duration::from_millis(100))
+        };
+        last_poll = now;
         match consumer.poll(wait) {
             Some(Ok(message)) => {
-                last_activity = Instant::now();
+                let polled_at = Instant::now();
+                last_activity = polled_at;
                 let mut lanes = lock(&context.lanes);
                 if let Some(lane) = lanes.get_mut(&message.partition()) {
                     let record = Record {
@@ -864,40 +954,18 @@ fn poll_loop(
                         value: message.payload().map(<[u8]>::to_vec),
                         timestamp_ms: message.timestamp().to_millis(),
                     };
-                    if let Some(batch) = lane.builder.push(record, last_activity) {
-                        lane.ready.push_back(batch);
-                        context.dispatch(&consumer, lane);
+                    match lane.builder.push(record, polled_at) {
+                        Some(batch) => context.dispatch(lane, batch),
+                        None => {
+                            if let Some(deadline) = lane.builder.deadline() {
+                                next_sweep = next_sweep.min(deadline);
+                            }
+                        }
                     }
                 }
             }
             Some(Err(e)) => tracing::warn!("Kafka: {e}"),
             None => {}
-        }
-        let now = Instant::now();
-        {
-            let mut lanes = lock(&context.lanes);
-            for lane in lanes.values_mut() {
-                if let Some(batch) = lane.builder.poll_timeout(now) {
-                    lane.ready.push_back(batch);
-                }
-                if !lane.ready.is_empty() || lane.paused {
-                    context.dispatch(&consumer, lane);
-                }
-            }
-        }
-        if shared.busy_batches.load(Ordering::SeqCst) > 0 {
-            last_activity = now;
-        }
-        summary.maybe_log(&shared, &context.lanes);
-        if let Some(idle) = shared.settings.stop_after_idle
-            && now.duration_since(last_activity) >= idle
-            && lock(&context.lanes)
-                .values()
-                .all(|l| l.builder.is_empty() && l.ready.is_empty())
-            && shared.probes.is_ready()
-        {
-            tracing::info!("Nothing to do for {idle:?}; stopping");
-            break;
         }
     }
 

@@ -1,6 +1,6 @@
-//! Where processed records go. Every sink gets batches of valid trades of one partition,
-//! in order, and answers once they are durably handled (or with an error, and then the
-//! runtime retries the same batch).
+//! Where processed records go. Every sink gets batches of one partition's records that
+//! passed validation (valid trades), in order, and answers once they are durably handled
+//! (or with an error, and then the runtime retries the same batch).
 //!
 //! - `sim`: the reference's simulated database write, a sleep per batch and per record;
 //! - `file`: JSON lines (topic, partition, offset, key, timestamp, value, and
@@ -17,19 +17,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::batch::Record;
-use crate::trade::Trade;
 
 /// A boxed future, so sinks can be chosen at run time.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// A record that passed validation, with its parsed trade.
-#[derive(Debug, Clone)]
-pub struct Accepted {
-    /// The record as polled.
-    pub record: Record,
-    /// The trade its value holds.
-    pub trade: Trade,
-}
 
 /// A sink could not handle a batch; the runtime retries it with backoff.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -44,7 +34,7 @@ pub trait Sink: Send + Sync + 'static {
         &'a self,
         topic: &'a str,
         partition: i32,
-        records: &'a [Accepted],
+        records: &'a [Record],
     ) -> BoxFuture<'a, Result<(), SinkError>>;
 }
 
@@ -62,7 +52,7 @@ impl Sink for SimSink {
         &'a self,
         _: &'a str,
         _: i32,
-        records: &'a [Accepted],
+        records: &'a [Record],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         let pause = self.batch_time + self.message_time * records.len() as u32;
         Box::pin(async move {
@@ -85,13 +75,12 @@ struct Line<'a> {
     processed_ms: i64,
 }
 
-fn render(topic: &str, partition: i32, records: &[Accepted]) -> Vec<u8> {
+fn render(topic: &str, partition: i32, records: &[Record]) -> Vec<u8> {
     let processed_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     let mut out = Vec::with_capacity(records.len() * 320);
-    for accepted in records {
-        let r = &accepted.record;
+    for r in records {
         let line = Line {
             topic,
             partition,
@@ -130,7 +119,7 @@ impl Sink for FileSink {
         &'a self,
         topic: &'a str,
         partition: i32,
-        records: &'a [Accepted],
+        records: &'a [Record],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let lines = render(topic, partition, records);
@@ -156,7 +145,7 @@ impl Sink for StdoutSink {
         &'a self,
         topic: &'a str,
         partition: i32,
-        records: &'a [Accepted],
+        records: &'a [Record],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let lines = render(topic, partition, records);
@@ -172,21 +161,19 @@ impl Sink for StdoutSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trade::TradeGenerator;
+    use crate::trade::{Trade, TradeGenerator};
     use std::time::SystemTime;
 
-    fn accepted(offset: i64) -> Accepted {
+    fn accepted(offset: i64) -> Record {
         let mut generator = TradeGenerator::new(Some(offset as u64));
         let (mut key, mut value) = (String::new(), Vec::new());
         generator.next_record(SystemTime::now(), &mut key, &mut value);
-        let trade = Trade::parse(Some(&value)).unwrap();
-        let record = Record {
+        Record {
             offset,
             key: Some(key.into_bytes()),
             value: Some(value),
             timestamp_ms: Some(1),
-        };
-        Accepted { record, trade }
+        }
     }
 
     #[tokio::test]
