@@ -37,3 +37,22 @@ topic_records() {
 ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}' if b else 'inf')" "$1" "$2"; }
 
 machine() { echo "$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr)"; }
+
+# A TCP port on 127.0.0.1 that was free a moment ago.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# The value of one sample from a Prometheus endpoint (0 when absent).
+scrape() {
+  curl -s "http://$1/metrics" | awk -v name="$2" '$1 == name {print $2; found=1} END {if (!found) print 0}'
+}
+
+# processed_rate ADDR FROM TO: records/s processed between FROM and TO seconds from now,
+# read from kafka_messages_processed_total.
+processed_rate() {
+  local addr="$1" from="$2" to="$3" a b
+  sleep "$from"
+  a=$(scrape "$addr" 'kafka_messages_processed_total{status="success"}')
+  sleep "$((to - from))"
+  b=$(scrape "$addr" 'kafka_messages_processed_total{status="success"}')
+  python3 -c "print(round(($b - $a) / ($to - $from), 1))"
+}

@@ -1,25 +1,26 @@
 //! The micro-batch consumer runtime.
 //!
-//! Data flow: one poll thread owns the Kafka consumer. It routes each polled record to its
-//! partition's [`BatchBuilder`]; a closed batch goes down that partition's channel to the
-//! partition's worker task. Workers run concurrently (bounded by a semaphore, the in-flight
-//! limit) but each handles its own partition's batches strictly in order: validate, send
-//! invalid records to the dead-letter topic, hand the rest to the [`Sink`] (retrying with
-//! backoff; the partition is held meanwhile), then mark the batch's end offset committable.
-//! A committer task commits those offsets asynchronously.
+//! Data flow: one poll thread owns the Kafka consumer. Each assigned partition's records
+//! arrive on a queue of its own (librdkafka's per-partition queues); the poll thread reads
+//! a partition's queue into that partition's [`BatchBuilder`] while the partition has room,
+//! and sends each closed batch down the partition's channel to its worker task. Workers
+//! run concurrently (bounded by a semaphore, the in-flight limit) but each handles its own
+//! partition's batches strictly in order: validate, send invalid records to the
+//! dead-letter topic, hand the rest to the [`Sink`] (retrying with backoff; the partition
+//! is held meanwhile), then mark the batch's end offset committable. A committer task
+//! commits those offsets asynchronously.
 //!
 //! The contracts (DESIGN.md §4): an offset is committed only after every record before it
 //! was handled; on revoke the revoked partitions' in-flight batches finish (bounded) and
 //! are committed synchronously before the partitions are released; on stop the same
 //! happens for every partition and the consumer leaves the group at once.
 //!
-//! Memory stays bounded two ways. When all partitions together hold `max_buffered_records`
-//! in closed batches, the poll thread stops taking records until workers catch up, and
-//! records wait in librdkafka's bounded fetch queue. And a partition whose sink writes are
-//! failing (held, being retried) is paused until they succeed again, so it does not fill
-//! that budget while the others flow. Pausing is kept for that case only: a pause makes
-//! librdkafka drop what it had fetched for the partition and fetch it again on resume,
-//! which, done on every small backlog, costs most of a consumer's throughput.
+//! Backpressure without pausing: memory is bounded by `max_buffered_records`, the records
+//! held in closed batches, of which each owned partition gets an equal share. A partition
+//! holding its share, or whose sink writes are failing, is simply not read; its records
+//! wait in its librdkafka queue, which stops fetching once it holds
+//! `queued.max.messages.kbytes`. (librdkafka's pause would drop what was fetched and fetch
+//! it again on resume, which at every small backlog costs most of the throughput.)
 
 pub mod batch;
 pub mod dead_letter;
@@ -28,12 +29,13 @@ pub mod sink;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
@@ -205,7 +207,9 @@ struct PartitionState {
 struct Lane {
     builder: BatchBuilder,
     tx: mpsc::UnboundedSender<Batch>,
-    paused: bool,
+    /// The partition's own librdkafka queue (absent only if it could not be split off;
+    /// its records then arrive on the consumer's main queue).
+    queue: Option<PartitionQueue<Context>>,
     state: Arc<PartitionState>,
     worker: JoinHandle<()>,
 }
@@ -228,6 +232,8 @@ struct Shared {
     busy_batches: AtomicI64,
     /// Records in closed batches not yet finished, across partitions.
     buffered_records: AtomicUsize,
+    /// The poll thread, woken when a partition queue gets records or a worker frees room.
+    poller: OnceLock<std::thread::Thread>,
     /// Reference point for the two timestamps below.
     created: Instant,
     /// Nanoseconds after `created` when the first batch started (`u64::MAX`: none yet).
@@ -244,6 +250,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Context {
     shared: Arc<Shared>,
     lanes: Mutex<HashMap<i32, Lane>>,
+    /// The consumer itself, to split off partition queues on assignment.
+    consumer: OnceLock<Weak<BaseConsumer<Context>>>,
 }
 
 impl ClientContext for Context {
@@ -380,12 +388,13 @@ impl Context {
                 .spawn(run_worker(shared.clone(), state.clone(), rx));
             lock(&shared.owned).insert(partition, state.clone());
             let limits = shared.settings.limits;
+            let queue = self.split_queue(partition);
             lanes.insert(
                 partition,
                 Lane {
                     builder: BatchBuilder::new(shared.topic.clone(), partition, limits),
                     tx,
-                    paused: false,
+                    queue,
                     state,
                     worker,
                 },
@@ -413,9 +422,6 @@ impl Context {
                 owned.remove(partition);
                 if let Some(lane) = lanes.remove(partition) {
                     lane.state.released.store(true, Ordering::SeqCst);
-                    if lane.paused {
-                        shared.metrics.paused_partitions.dec();
-                    }
                     shared.metrics.partition_lag.remove(&PartitionLabel {
                         partition: *partition,
                     });
@@ -482,65 +488,103 @@ impl Context {
         count
     }
 
-    /// Closes timed-out batches and resumes partitions whose workers caught up; returns
-    /// when the lanes next need a look.
-    fn sweep(&self, consumer: &BaseConsumer<Self>, now: Instant) -> Instant {
+    /// Gives `partition` a librdkafka queue of its own, which wakes the poll thread when
+    /// records arrive on it.
+    fn split_queue(&self, partition: i32) -> Option<PartitionQueue<Context>> {
+        let consumer = self.consumer.get()?.upgrade()?;
+        let mut queue = consumer.split_partition_queue(&self.shared.topic, partition)?;
+        if let Some(poller) = self.shared.poller.get().cloned() {
+            queue.set_nonempty_callback(move || poller.unpark());
+        }
+        Some(queue)
+    }
+
+    /// Closes timed-out batches and counts the partitions held back; returns when the
+    /// lanes next need a look.
+    fn sweep(&self, now: Instant) -> Instant {
         let mut next = now + Duration::from_millis(100);
         let mut lanes = lock(&self.lanes);
+        let share = self.share(lanes.len());
+        let mut held_back = 0;
         for lane in lanes.values_mut() {
             if let Some(batch) = lane.builder.poll_timeout(now) {
-                self.dispatch(lane, batch);
-            }
-            let held = lane.state.held.load(Ordering::SeqCst);
-            if held != lane.paused {
-                self.set_paused(consumer, lane, held);
+                self.dispatch(&lane.state, &lane.tx, batch);
             }
             if let Some(deadline) = lane.builder.deadline() {
                 next = next.min(deadline);
             }
+            if !lane.has_room(share) {
+                held_back += 1;
+            }
         }
+        self.shared.metrics.paused_partitions.set(held_back);
         next
     }
 
     /// Hands a closed batch to the partition's worker.
-    fn dispatch(&self, lane: &mut Lane, batch: Batch) {
+    fn dispatch(&self, state: &PartitionState, tx: &mpsc::UnboundedSender<Batch>, batch: Batch) {
         let records = batch.records.len();
-        lane.state
-            .queued_records
-            .fetch_add(records, Ordering::SeqCst);
+        state.queued_records.fetch_add(records, Ordering::SeqCst);
         self.shared
             .buffered_records
             .fetch_add(records, Ordering::SeqCst);
         // A closed channel means the partition is being released; the release settles the
         // counters.
-        let _ = lane.tx.send(batch);
+        let _ = tx.send(batch);
     }
 
-    fn set_paused(&self, consumer: &BaseConsumer<Self>, lane: &mut Lane, paused: bool) {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.shared.topic, lane.state.partition);
-        let result = if paused {
-            consumer.pause(&tpl)
-        } else {
-            consumer.resume(&tpl)
-        };
-        match result {
-            Ok(()) => {
-                lane.paused = paused;
-                if paused {
-                    self.shared.metrics.paused_partitions.inc();
-                } else {
-                    self.shared.metrics.paused_partitions.dec();
-                }
-            }
-            Err(e) => {
-                tracing::warn!(
-                    "Cannot pause/resume partition {}: {e}",
-                    lane.state.partition
-                )
-            }
-        }
+    /// Each owned partition's share of the buffer budget (at least two batches).
+    fn share(&self, owned: usize) -> usize {
+        let settings = &self.shared.settings;
+        (settings.max_buffered_records / owned.max(1)).max(2 * settings.limits.max_records)
     }
+}
+
+impl Lane {
+    /// Whether the poll thread should read more of this partition now.
+    fn has_room(&self, share: usize) -> bool {
+        !self.state.held.load(Ordering::SeqCst)
+            && self.state.queued_records.load(Ordering::SeqCst) + self.builder.len() < share
+    }
+
+    /// Adds a polled message to the open batch, dispatching the batch if it closed.
+    /// Returns the open batch's deadline, if one is open.
+    fn take(
+        &mut self,
+        context: &Context,
+        message: &BorrowedMessage<'_>,
+        now: Instant,
+    ) -> Option<Instant> {
+        take(
+            context,
+            &mut self.builder,
+            &self.state,
+            &self.tx,
+            message,
+            now,
+        )
+    }
+}
+
+/// [`Lane::take`] on the lane's parts, for when its queue is borrowed by the message.
+fn take(
+    context: &Context,
+    builder: &mut BatchBuilder,
+    state: &PartitionState,
+    tx: &mpsc::UnboundedSender<Batch>,
+    message: &BorrowedMessage<'_>,
+    now: Instant,
+) -> Option<Instant> {
+    let record = Record {
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        timestamp_ms: message.timestamp().to_millis(),
+    };
+    if let Some(batch) = builder.push(record, now) {
+        context.dispatch(state, tx, batch);
+    }
+    builder.deadline()
 }
 
 async fn run_worker(
@@ -559,6 +603,9 @@ async fn run_worker(
         shared.busy_batches.fetch_sub(1, Ordering::SeqCst);
         state.queued_records.fetch_sub(records, Ordering::SeqCst);
         shared.buffered_records.fetch_sub(records, Ordering::SeqCst);
+        if let Some(poller) = shared.poller.get() {
+            poller.unpark();
+        }
     }
 }
 
@@ -803,14 +850,17 @@ pub async fn start(
         .set("auto.offset.reset", &settings.auto_offset_reset)
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", "5000")
-        // Bounded prefetch: the fetch queue and the fetch responses (which live as long
-        // as any record in them) are the consumer's largest memory users. These keep a
-        // consumer near 35 MiB at a million records a second.
-        .set("queued.max.messages.kbytes", "4096")
+        // Bounded prefetch: the fetch queues (one per partition, as each is split off) and
+        // the fetch responses (which live as long as any record in them) are the
+        // consumer's largest memory users.
+        .set("queued.max.messages.kbytes", "512")
         .set("max.partition.fetch.bytes", "262144")
         // librdkafka waits this long before fetching again once that queue is full; its
         // default (1 s) starves a consumer that drains the queue in milliseconds.
-        .set("fetch.queue.backoff.ms", "10");
+        .set("fetch.queue.backoff.ms", "10")
+        // With a queue per partition, fetch requests often carry few partitions; a shorter
+        // broker-side wait keeps them cycling (about 20 requests a second when idle).
+        .set("fetch.wait.max.ms", "50");
     match &settings.group_protocol {
         GroupProtocol::Classic {
             assignment_strategy,
@@ -850,6 +900,7 @@ pub async fn start(
         batches: AtomicU64::new(0),
         busy_batches: AtomicI64::new(0),
         buffered_records: AtomicUsize::new(0),
+        poller: OnceLock::new(),
         created: Instant::now(),
         first_batch_ns: AtomicU64::new(u64::MAX),
         last_batch_ns: AtomicU64::new(0),
@@ -857,6 +908,7 @@ pub async fn start(
     let context = Context {
         shared: shared.clone(),
         lanes: Mutex::new(HashMap::new()),
+        consumer: OnceLock::new(),
     };
     let consumer: BaseConsumer<Context> = config
         .create_with_context(context)
@@ -865,6 +917,7 @@ pub async fn start(
         .subscribe(&[&shared.settings.topic])
         .map_err(ConsumerError::Config)?;
     let consumer = Arc::new(consumer);
+    let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
     tracing::info!(
         "Consuming {} ({} partitions) as group {}; batch size: {}, batch timeout: {:?}, max in flight: {}",
         shared.topic,
@@ -904,14 +957,14 @@ fn poll_loop(
     committer_stop: Arc<AtomicBool>,
 ) -> ConsumerReport {
     let context = consumer.context();
+    let _ = shared.poller.set(std::thread::current());
     let mut summary = Summary::new(shared.settings.report_interval);
     let mut last_activity = Instant::now();
     let mut next_sweep = Instant::now();
-    let mut last_poll = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let now = Instant::now();
         if now >= next_sweep {
-            next_sweep = context.sweep(&consumer, now);
+            next_sweep = context.sweep(now);
             summary.maybe_log(&shared, &context.lanes);
             if shared.busy_batches.load(Ordering::SeqCst) > 0 {
                 last_activity = now;
@@ -926,46 +979,67 @@ fn poll_loop(
                 break;
             }
         }
-        let full =
-            shared.buffered_records.load(Ordering::SeqCst) >= shared.settings.max_buffered_records;
-        let wait = if full {
-            // Workers are behind: leave records in librdkafka's queue. Still poll now and
-            // then, so rebalances are served and the group does not think us dead.
-            if now.duration_since(last_poll) < Duration::from_millis(100) {
-                std::thread::sleep(Duration::from_millis(1));
-                continue;
-            }
-            Duration::ZERO
-        } else {
-            next_sweep
-                .saturating_duration_since(now)
-                .min(Duration::from_millis(100))
-        };
-        last_poll = now;
-        match consumer.poll(wait) {
+
+        // Events (rebalances, commit results, statistics), and records of any partition
+        // whose queue could not be split off.
+        let mut taken = 0usize;
+        match consumer.poll(Duration::ZERO) {
             Some(Ok(message)) => {
-                let polled_at = Instant::now();
-                last_activity = polled_at;
                 let mut lanes = lock(&context.lanes);
-                if let Some(lane) = lanes.get_mut(&message.partition()) {
-                    let record = Record {
-                        offset: message.offset(),
-                        key: message.key().map(<[u8]>::to_vec),
-                        value: message.payload().map(<[u8]>::to_vec),
-                        timestamp_ms: message.timestamp().to_millis(),
-                    };
-                    match lane.builder.push(record, polled_at) {
-                        Some(batch) => context.dispatch(lane, batch),
-                        None => {
-                            if let Some(deadline) = lane.builder.deadline() {
-                                next_sweep = next_sweep.min(deadline);
-                            }
-                        }
-                    }
+                if let Some(lane) = lanes.get_mut(&message.partition())
+                    && let Some(deadline) = lane.take(context, &message, now)
+                {
+                    next_sweep = next_sweep.min(deadline);
                 }
+                taken += 1;
             }
             Some(Err(e)) => tracing::warn!("Kafka: {e}"),
             None => {}
+        }
+
+        // Each partition with room, a slice at a time so all of them move.
+        {
+            let mut lanes = lock(&context.lanes);
+            let share = context.share(lanes.len());
+            let slice = 2 * shared.settings.limits.max_records;
+            for lane in lanes.values_mut() {
+                let mut from_lane = 0;
+                while from_lane < slice && lane.has_room(share) {
+                    let Some(queue) = &lane.queue else { break };
+                    let message = match queue.poll(Duration::ZERO) {
+                        Some(Ok(message)) => message,
+                        Some(Err(e)) => {
+                            tracing::warn!("Kafka, partition {}: {e}", lane.state.partition);
+                            break;
+                        }
+                        None => break,
+                    };
+                    let deadline = take(
+                        context,
+                        &mut lane.builder,
+                        &lane.state,
+                        &lane.tx,
+                        &message,
+                        now,
+                    );
+                    drop(message);
+                    if let Some(deadline) = deadline {
+                        next_sweep = next_sweep.min(deadline);
+                    }
+                    from_lane += 1;
+                }
+                taken += from_lane;
+            }
+        }
+
+        if taken > 0 {
+            last_activity = now;
+        } else {
+            // Woken early by a partition queue getting records or a worker finishing a batch.
+            let wait = next_sweep
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(10));
+            std::thread::park_timeout(wait);
         }
     }
 
@@ -1038,16 +1112,14 @@ impl Summary {
         }
         let processed = shared.processed.load(Ordering::Relaxed);
         let rate = (processed - self.last_logged_processed) as f64 / since_log.as_secs_f64();
-        let (partitions, paused) = {
-            let lanes = lock(lanes);
-            (lanes.len(), lanes.values().filter(|l| l.paused).count())
-        };
+        let partitions = lock(lanes).len();
+        let paused = shared.metrics.paused_partitions.get();
         let lag: i64 = lock(&shared.owned)
             .values()
             .map(|s| s.lag.load(Ordering::Relaxed).max(0))
             .sum();
         tracing::info!(
-            "Processed: {processed} messages, Rate: {rate:.1} msg/s, Lag: {lag}, In flight: {}, Partitions: {partitions}, Paused: {paused}",
+            "Processed: {processed} messages, Rate: {rate:.1} msg/s, Lag: {lag}, In flight: {}, Partitions: {partitions}, Held back: {paused}",
             shared.busy_batches.load(Ordering::Relaxed)
         );
         self.last_log = Instant::now();
