@@ -68,8 +68,16 @@ impl ScalingRules {
             stabilization_window: Duration::ZERO,
             select_policy: SelectPolicy::Max,
             policies: vec![
-                RatePolicy { kind: PolicyType::Percent, value: 100, period: Duration::from_secs(15) },
-                RatePolicy { kind: PolicyType::Pods, value: 4, period: Duration::from_secs(15) },
+                RatePolicy {
+                    kind: PolicyType::Percent,
+                    value: 100,
+                    period: Duration::from_secs(15),
+                },
+                RatePolicy {
+                    kind: PolicyType::Pods,
+                    value: 4,
+                    period: Duration::from_secs(15),
+                },
             ],
             tolerance: None,
         }
@@ -90,7 +98,11 @@ impl ScalingRules {
     }
 
     fn longest_period(&self) -> Duration {
-        self.policies.iter().map(|p| p.period).max().unwrap_or_default()
+        self.policies
+            .iter()
+            .map(|p| p.period)
+            .max()
+            .unwrap_or_default()
     }
 }
 
@@ -161,7 +173,12 @@ pub struct Hpa {
 impl Hpa {
     /// A controller with no history.
     pub fn new(spec: HpaSpec) -> Self {
-        Hpa { spec, recommendations: Vec::new(), scale_up_events: Vec::new(), scale_down_events: Vec::new() }
+        Hpa {
+            spec,
+            recommendations: Vec::new(),
+            scale_up_events: Vec::new(),
+            scale_down_events: Vec::new(),
+        }
     }
 
     /// The spec.
@@ -194,7 +211,12 @@ impl Hpa {
     /// One reconcile at simulated time `now`: `current` is the target's replica count,
     /// `metric_total` the external metric summed (KEDA's Kafka scaler: the total lag).
     /// Returns the replica count to set and why.
-    pub fn reconcile(&mut self, now: Duration, current: u32, metric_total: f64) -> (u32, HpaReason) {
+    pub fn reconcile(
+        &mut self,
+        now: Duration,
+        current: u32,
+        metric_total: f64,
+    ) -> (u32, HpaReason) {
         if current == 0 && self.spec.min_replicas != 0 {
             return (0, HpaReason::ScalingDisabled);
         }
@@ -241,7 +263,8 @@ impl Hpa {
             }
         }
         let keep = up_window.max(down_window);
-        self.recommendations.retain(|&(at, _)| now.saturating_sub(at) < keep);
+        self.recommendations
+            .retain(|&(at, _)| now.saturating_sub(at) < keep);
         self.recommendations.push((now, proposal));
         current.max(up).min(down)
     }
@@ -252,15 +275,35 @@ impl Hpa {
     fn limit_rate(&self, now: Duration, current: u32, desired: u32) -> (u32, bool) {
         let (min, max) = (self.spec.min_replicas, self.spec.max_replicas);
         if desired > current {
-            let limit = scale_up_limit(&self.spec.behavior.scale_up, now, current, &self.scale_up_events, &self.scale_down_events)
-                .max(current);
+            let limit = scale_up_limit(
+                &self.spec.behavior.scale_up,
+                now,
+                current,
+                &self.scale_up_events,
+                &self.scale_down_events,
+            )
+            .max(current);
             let allowed = max.min(limit);
-            if desired > allowed { (allowed, true) } else { (desired, false) }
+            if desired > allowed {
+                (allowed, true)
+            } else {
+                (desired, false)
+            }
         } else if desired < current {
-            let limit = scale_down_limit(&self.spec.behavior.scale_down, now, current, &self.scale_up_events, &self.scale_down_events)
-                .min(current);
+            let limit = scale_down_limit(
+                &self.spec.behavior.scale_down,
+                now,
+                current,
+                &self.scale_up_events,
+                &self.scale_down_events,
+            )
+            .min(current);
             let allowed = min.max(limit);
-            if desired < allowed { (allowed, true) } else { (desired, false) }
+            if desired < allowed {
+                (allowed, true)
+            } else {
+                (desired, false)
+            }
         } else {
             (desired, false)
         }
@@ -269,8 +312,10 @@ impl Hpa {
     fn record(&mut self, now: Duration, from: u32, to: u32) {
         let up_keep = self.spec.behavior.scale_up.longest_period();
         let down_keep = self.spec.behavior.scale_down.longest_period();
-        self.scale_up_events.retain(|&(at, _)| now.saturating_sub(at) < up_keep);
-        self.scale_down_events.retain(|&(at, _)| now.saturating_sub(at) < down_keep);
+        self.scale_up_events
+            .retain(|&(at, _)| now.saturating_sub(at) < up_keep);
+        self.scale_down_events
+            .retain(|&(at, _)| now.saturating_sub(at) < down_keep);
         if to > from {
             self.scale_up_events.push((now, to - from));
         } else if to < from {
@@ -282,7 +327,11 @@ impl Hpa {
 /// Replicas changed by events within `period` before `now` (upstream's
 /// getReplicasChangePerPeriod).
 fn change_in_period(events: &[(Duration, u32)], now: Duration, period: Duration) -> i64 {
-    events.iter().filter(|&&(at, _)| now.saturating_sub(at) < period).map(|&(_, n)| n as i64).sum()
+    events
+        .iter()
+        .filter(|&&(at, _)| now.saturating_sub(at) < period)
+        .map(|&(_, n)| n as i64)
+        .sum()
 }
 
 fn scale_up_limit(
@@ -304,7 +353,9 @@ fn scale_up_limit(
         let proposed = match policy.kind {
             PolicyType::Pods => start + policy.value as i64,
             // Rounded up, or a small deployment could never grow.
-            PolicyType::Percent => (start as f64 * (1.0 + policy.value as f64 / 100.0)).ceil() as i64,
+            PolicyType::Percent => {
+                (start as f64 * (1.0 + policy.value as f64 / 100.0)).ceil() as i64
+            }
         };
         result = Some(result.map_or(proposed, |r| pick(r, proposed)));
     }
@@ -347,17 +398,27 @@ mod tests {
     }
 
     fn hpa(min: u32, max: u32, target: f64, behavior: Behavior) -> Hpa {
-        Hpa::new(HpaSpec { behavior, ..HpaSpec::new(min, max, target) })
+        Hpa::new(HpaSpec {
+            behavior,
+            ..HpaSpec::new(min, max, target)
+        })
     }
 
     fn no_limits() -> Behavior {
         let open = ScalingRules {
             stabilization_window: Duration::ZERO,
             select_policy: SelectPolicy::Max,
-            policies: vec![RatePolicy { kind: PolicyType::Percent, value: 10_000, period: s(15) }],
+            policies: vec![RatePolicy {
+                kind: PolicyType::Percent,
+                value: 10_000,
+                period: s(15),
+            }],
             tolerance: None,
         };
-        Behavior { scale_up: open.clone(), scale_down: open }
+        Behavior {
+            scale_up: open.clone(),
+            scale_down: open,
+        }
     }
 
     #[test]
@@ -366,7 +427,11 @@ mod tests {
         let h = hpa(1, 100, 10_000.0, no_limits());
         assert_eq!(h.proposal(1, 35_000.0), 4);
         assert_eq!(h.proposal(10, 1.0), 1);
-        assert_eq!(h.proposal(3, 0.0), 0, "the proposal may be 0; minReplicas clamps it later");
+        assert_eq!(
+            h.proposal(3, 0.0),
+            0,
+            "the proposal may be 0; minReplicas clamps it later"
+        );
     }
 
     #[test]
@@ -402,7 +467,11 @@ mod tests {
         let mut h = hpa(2, 5, 10.0, no_limits());
         assert_eq!(h.reconcile(s(0), 3, 1000.0).0, 5);
         assert_eq!(h.reconcile(s(15), 5, 0.0).0, 2);
-        assert_eq!(h.reconcile(s(30), 9, 50.0).0, 5, "above max is brought to max first");
+        assert_eq!(
+            h.reconcile(s(30), 9, 50.0).0,
+            5,
+            "above max is brought to max first"
+        );
     }
 
     #[test]
@@ -412,7 +481,11 @@ mod tests {
         behavior.scale_down.stabilization_window = s(60);
         let mut h = hpa(1, 100, 10.0, behavior);
         assert_eq!(h.reconcile(s(0), 10, 100.0).0, 10);
-        assert_eq!(h.reconcile(s(15), 10, 30.0).0, 10, "10 was recommended 15 s ago");
+        assert_eq!(
+            h.reconcile(s(15), 10, 30.0).0,
+            10,
+            "10 was recommended 15 s ago"
+        );
         assert_eq!(h.reconcile(s(45), 10, 30.0).0, 10);
         assert_eq!(h.reconcile(s(61), 10, 30.0).0, 3, "the 10 left the window");
     }
@@ -423,9 +496,17 @@ mod tests {
         behavior.scale_up.stabilization_window = s(60);
         let mut h = hpa(1, 100, 10.0, behavior);
         assert_eq!(h.reconcile(s(0), 2, 20.0).0, 2);
-        assert_eq!(h.reconcile(s(15), 2, 100.0).0, 2, "2 was recommended 15 s ago");
+        assert_eq!(
+            h.reconcile(s(15), 2, 100.0).0,
+            2,
+            "2 was recommended 15 s ago"
+        );
         assert_eq!(h.reconcile(s(30), 2, 80.0).0, 2);
-        assert_eq!(h.reconcile(s(61), 2, 100.0).0, 8, "lowest left in the window is 8");
+        assert_eq!(
+            h.reconcile(s(61), 2, 100.0).0,
+            8,
+            "lowest left in the window is 8"
+        );
     }
 
     #[test]
@@ -441,10 +522,18 @@ mod tests {
     fn rate_limit_counts_from_the_start_of_the_period() {
         // getReplicasChangePerPeriod: changes within periodSeconds are subtracted.
         let mut behavior = no_limits();
-        behavior.scale_up.policies = vec![RatePolicy { kind: PolicyType::Pods, value: 10, period: s(60) }];
+        behavior.scale_up.policies = vec![RatePolicy {
+            kind: PolicyType::Pods,
+            value: 10,
+            period: s(60),
+        }];
         let mut h = hpa(1, 1000, 1.0, behavior);
         assert_eq!(h.reconcile(s(0), 1, 1000.0), (11, HpaReason::RateLimited));
-        assert_eq!(h.reconcile(s(15), 11, 1000.0).0, 11, "the 10 pods of this minute are used");
+        assert_eq!(
+            h.reconcile(s(15), 11, 1000.0).0,
+            11,
+            "the 10 pods of this minute are used"
+        );
         assert_eq!(h.reconcile(s(60), 11, 1000.0).0, 21, "a new period");
     }
 
@@ -454,8 +543,16 @@ mod tests {
         let mut behavior = no_limits();
         behavior.scale_up.select_policy = SelectPolicy::Min;
         behavior.scale_up.policies = vec![
-            RatePolicy { kind: PolicyType::Pods, value: 10, period: s(60) },
-            RatePolicy { kind: PolicyType::Percent, value: 500, period: s(60) },
+            RatePolicy {
+                kind: PolicyType::Pods,
+                value: 10,
+                period: s(60),
+            },
+            RatePolicy {
+                kind: PolicyType::Percent,
+                value: 500,
+                period: s(60),
+            },
         ];
         let mut h = hpa(1, 100, 1.0, behavior);
         assert_eq!(h.reconcile(s(0), 1, 1000.0).0, 6, "min(1 + 10, 1 × 6)");
@@ -466,11 +563,23 @@ mod tests {
     fn percent_scale_down_truncates() {
         // calculateScaleDownLimitWithBehaviors: int32(start × (1 - v/100)).
         let mut behavior = no_limits();
-        behavior.scale_down.policies = vec![RatePolicy { kind: PolicyType::Percent, value: 50, period: s(120) }];
+        behavior.scale_down.policies = vec![RatePolicy {
+            kind: PolicyType::Percent,
+            value: 50,
+            period: s(120),
+        }];
         let mut h = hpa(1, 100, 1.0, behavior);
         assert_eq!(h.reconcile(s(0), 7, 0.0).0, 3, "7 × 0.5 = 3.5 → 3");
-        assert_eq!(h.reconcile(s(60), 3, 0.0).0, 3, "the period's budget is used");
-        assert_eq!(h.reconcile(s(120), 3, 0.0).0, 1, "3 × 0.5 → 1, then minReplicas 1");
+        assert_eq!(
+            h.reconcile(s(60), 3, 0.0).0,
+            3,
+            "the period's budget is used"
+        );
+        assert_eq!(
+            h.reconcile(s(120), 3, 0.0).0,
+            1,
+            "3 × 0.5 → 1, then minReplicas 1"
+        );
     }
 
     #[test]

@@ -85,7 +85,10 @@ pub struct KafkaScaler {
 impl KafkaScaler {
     /// A scaler with no history.
     pub fn new(trigger: KafkaTrigger) -> Self {
-        KafkaScaler { trigger, previous_committed: Vec::new() }
+        KafkaScaler {
+            trigger,
+            previous_committed: Vec::new(),
+        }
     }
 
     /// The trigger.
@@ -123,8 +126,15 @@ impl KafkaScaler {
         self.previous_committed = partitions.iter().map(|p| p.committed).collect();
 
         let count = partitions.len();
-        if !t.allow_idle_consumers || t.limit_to_partitions_with_lag || t.ensure_even_distribution_of_partitions {
-            let upper = if t.limit_to_partitions_with_lag { with_lag } else { count } as f64;
+        if !t.allow_idle_consumers
+            || t.limit_to_partitions_with_lag
+            || t.ensure_even_distribution_of_partitions
+        {
+            let upper = if t.limit_to_partitions_with_lag {
+                with_lag
+            } else {
+                count
+            } as f64;
             if t.lag_threshold > 0.0 && metric_lag / t.lag_threshold > upper {
                 metric_lag = upper * t.lag_threshold;
             }
@@ -135,7 +145,11 @@ impl KafkaScaler {
                 }
             }
         }
-        KafkaMetric { value: metric_lag, total_lag, active: total_lag > t.activation_lag_threshold }
+        KafkaMetric {
+            value: metric_lag,
+            total_lag,
+            active: total_lag > t.activation_lag_threshold,
+        }
     }
 }
 
@@ -175,7 +189,11 @@ impl ScaledObjectSpec {
     pub fn hpa_spec(&self) -> HpaSpec {
         HpaSpec {
             behavior: self.behavior.clone(),
-            ..HpaSpec::new(self.min_replica_count.max(1), self.max_replica_count, self.trigger.lag_threshold)
+            ..HpaSpec::new(
+                self.min_replica_count.max(1),
+                self.max_replica_count,
+                self.trigger.lag_threshold,
+            )
         }
     }
 }
@@ -244,10 +262,16 @@ impl Keda {
                 .is_none_or(|at| now.saturating_sub(at) >= self.spec.cooldown_period);
             if replicas == 0 && metric.active {
                 replicas = self.spec.min_replica_count.max(1);
-                reason = format!("KEDA: activated (lag {:.0} > activation threshold {:.0})", metric.total_lag, self.spec.trigger.activation_lag_threshold);
+                reason = format!(
+                    "KEDA: activated (lag {:.0} > activation threshold {:.0})",
+                    metric.total_lag, self.spec.trigger.activation_lag_threshold
+                );
             } else if replicas > 0 && !metric.active && self.spec.min_replica_count == 0 && cooled {
                 replicas = 0;
-                reason = format!("KEDA: inactive for the cooldown period ({:?})", self.spec.cooldown_period);
+                reason = format!(
+                    "KEDA: inactive for the cooldown period ({:?})",
+                    self.spec.cooldown_period
+                );
             } else if replicas < self.spec.min_replica_count {
                 replicas = self.spec.min_replica_count;
                 reason = "KEDA: below minReplicaCount".into();
@@ -277,13 +301,18 @@ mod tests {
     use super::*;
 
     fn parts(lags: &[(f64, Option<f64>)]) -> Vec<PartitionOffsets> {
-        lags.iter().map(|&(log_end, committed)| PartitionOffsets { log_end, committed }).collect()
+        lags.iter()
+            .map(|&(log_end, committed)| PartitionOffsets { log_end, committed })
+            .collect()
     }
 
     #[test]
     fn metric_is_the_total_lag() {
         // kafka_scaler.go: getTotalLag sums log-end minus committed.
-        let mut scaler = KafkaScaler::new(KafkaTrigger { lag_threshold: 100.0, ..Default::default() });
+        let mut scaler = KafkaScaler::new(KafkaTrigger {
+            lag_threshold: 100.0,
+            ..Default::default()
+        });
         let m = scaler.poll(&parts(&[(150.0, Some(100.0)), (80.0, Some(0.0))]));
         assert_eq!((m.value, m.total_lag, m.active), (130.0, 130.0, true));
     }
@@ -292,11 +321,20 @@ mod tests {
     fn no_committed_offset_counts_by_the_reset_policy() {
         // getLagForPartition: latest → 1 (0 with scaleToZeroOnInvalidOffset); earliest → log end.
         let p = parts(&[(500.0, None)]);
-        let trigger = KafkaTrigger { lag_threshold: 1000.0, ..Default::default() };
+        let trigger = KafkaTrigger {
+            lag_threshold: 1000.0,
+            ..Default::default()
+        };
         assert_eq!(KafkaScaler::new(trigger.clone()).poll(&p).total_lag, 1.0);
-        let zero = KafkaTrigger { scale_to_zero_on_invalid_offset: true, ..trigger.clone() };
+        let zero = KafkaTrigger {
+            scale_to_zero_on_invalid_offset: true,
+            ..trigger.clone()
+        };
         assert_eq!(KafkaScaler::new(zero).poll(&p).total_lag, 0.0);
-        let earliest = KafkaTrigger { offset_reset_policy: OffsetResetPolicy::Earliest, ..trigger };
+        let earliest = KafkaTrigger {
+            offset_reset_policy: OffsetResetPolicy::Earliest,
+            ..trigger
+        };
         assert_eq!(KafkaScaler::new(earliest).poll(&p).total_lag, 500.0);
     }
 
@@ -304,18 +342,38 @@ mod tests {
     fn metric_is_capped_at_partitions_unless_idle_consumers_are_allowed() {
         // Upper bound = partition count × threshold when !allowIdleConsumers.
         let p = parts(&[(10_000.0, Some(0.0)), (0.0, Some(0.0)), (0.0, Some(0.0))]);
-        let trigger = KafkaTrigger { lag_threshold: 100.0, ..Default::default() };
+        let trigger = KafkaTrigger {
+            lag_threshold: 100.0,
+            ..Default::default()
+        };
         assert_eq!(KafkaScaler::new(trigger.clone()).poll(&p).value, 300.0);
-        let with_lag = KafkaTrigger { limit_to_partitions_with_lag: true, ..trigger.clone() };
+        let with_lag = KafkaTrigger {
+            limit_to_partitions_with_lag: true,
+            ..trigger.clone()
+        };
         assert_eq!(KafkaScaler::new(with_lag).poll(&p).value, 100.0);
-        let idle = KafkaTrigger { allow_idle_consumers: true, ..trigger };
+        let idle = KafkaTrigger {
+            allow_idle_consumers: true,
+            ..trigger
+        };
         assert_eq!(KafkaScaler::new(idle).poll(&p).value, 10_000.0);
     }
 
     #[test]
     fn even_distribution_rounds_up_to_a_factor_of_the_partition_count() {
-        let p = parts(&[(250.0, Some(0.0)), (0.0, Some(0.0)), (0.0, Some(0.0)), (0.0, Some(0.0)), (0.0, Some(0.0)), (0.0, Some(0.0))]);
-        let trigger = KafkaTrigger { lag_threshold: 100.0, ensure_even_distribution_of_partitions: true, ..Default::default() };
+        let p = parts(&[
+            (250.0, Some(0.0)),
+            (0.0, Some(0.0)),
+            (0.0, Some(0.0)),
+            (0.0, Some(0.0)),
+            (0.0, Some(0.0)),
+            (0.0, Some(0.0)),
+        ]);
+        let trigger = KafkaTrigger {
+            lag_threshold: 100.0,
+            ensure_even_distribution_of_partitions: true,
+            ..Default::default()
+        };
         // 250 / 100 → 3 replicas; 3 divides 6.
         assert_eq!(KafkaScaler::new(trigger.clone()).poll(&p).value, 300.0);
         let p5 = &p[..5];
@@ -326,7 +384,12 @@ mod tests {
     #[test]
     fn persistent_lag_is_left_out_of_the_metric_but_not_of_activity() {
         // excludePersistentLag: committed offset unchanged since the previous poll.
-        let trigger = KafkaTrigger { lag_threshold: 10.0, exclude_persistent_lag: true, ..Default::default() };
+        let trigger = KafkaTrigger {
+            lag_threshold: 10.0,
+            exclude_persistent_lag: true,
+            allow_idle_consumers: true,
+            ..Default::default()
+        };
         let mut scaler = KafkaScaler::new(trigger);
         let stuck = parts(&[(100.0, Some(50.0)), (30.0, Some(10.0))]);
         assert_eq!(scaler.poll(&stuck).value, 70.0, "first poll: no history");
@@ -337,9 +400,20 @@ mod tests {
 
     #[test]
     fn activation_is_strictly_above_the_threshold() {
-        let trigger = KafkaTrigger { activation_lag_threshold: 5.0, ..Default::default() };
-        assert!(!KafkaScaler::new(trigger.clone()).poll(&parts(&[(5.0, Some(0.0))])).active);
-        assert!(KafkaScaler::new(trigger).poll(&parts(&[(6.0, Some(0.0))])).active);
+        let trigger = KafkaTrigger {
+            activation_lag_threshold: 5.0,
+            ..Default::default()
+        };
+        assert!(
+            !KafkaScaler::new(trigger.clone())
+                .poll(&parts(&[(5.0, Some(0.0))]))
+                .active
+        );
+        assert!(
+            KafkaScaler::new(trigger)
+                .poll(&parts(&[(6.0, Some(0.0))]))
+                .active
+        );
     }
 
     fn lag(total: f64) -> impl FnMut() -> Vec<PartitionOffsets> {
@@ -352,7 +426,10 @@ mod tests {
         let spec = ScaledObjectSpec {
             polling_interval: Duration::from_secs(30),
             cooldown_period: Duration::from_secs(300),
-            trigger: KafkaTrigger { lag_threshold: 100.0, ..Default::default() },
+            trigger: KafkaTrigger {
+                lag_threshold: 100.0,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let mut keda = Keda::new(spec);
@@ -363,7 +440,11 @@ mod tests {
         assert!(up.reason.starts_with("KEDA: activated"));
         // Lag gone at 60 s; the last active poll was at 30 s.
         for t in (60..330).step_by(15) {
-            assert_eq!(keda.step(s(t), 1, lag(0.0)), None, "at {t}s the HPA keeps minReplicas 1");
+            assert_eq!(
+                keda.step(s(t), 1, lag(0.0)),
+                None,
+                "at {t}s the HPA keeps minReplicas 1"
+            );
         }
         let down = keda.step(s(330), 1, lag(0.0)).expect("cooldown over");
         assert_eq!(down.replicas, 0);
@@ -372,7 +453,11 @@ mod tests {
     #[test]
     fn between_one_and_max_the_hpa_decides_at_its_sync_period() {
         let spec = ScaledObjectSpec {
-            trigger: KafkaTrigger { lag_threshold: 100.0, allow_idle_consumers: true, ..Default::default() },
+            trigger: KafkaTrigger {
+                lag_threshold: 100.0,
+                allow_idle_consumers: true,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let mut keda = Keda::new(spec);
@@ -381,7 +466,11 @@ mod tests {
         // Default behavior: max(1 + 4, 1 × 2) = 5.
         assert_eq!(d.replicas, 5);
         assert!(d.reason.starts_with("HPA:"));
-        assert_eq!(keda.step(s(10), 5, lag(1000.0)), None, "next HPA sync is at 15 s");
+        assert_eq!(
+            keda.step(s(10), 5, lag(1000.0)),
+            None,
+            "next HPA sync is at 15 s"
+        );
         assert_eq!(keda.step(s(15), 5, lag(1000.0)).unwrap().replicas, 10);
     }
 }

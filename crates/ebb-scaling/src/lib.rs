@@ -2,10 +2,24 @@
 //! and no I/O, so it can be tested in milliseconds and replayed deterministically.
 //!
 //! - [`profile`]: the rate-profile syntax shared by the producer, the simulator and the demo;
-//! - [`scenario`]: reading scenario files (YAML text; the caller reads the file).
+//! - [`hpa`]: the Kubernetes HPA (autoscaling/v2) on one external metric;
+//! - [`keda`]: KEDA's kafka scaler and ScaledObject loop on top of the HPA;
+//! - [`scaledobject`]: reading a ScaledObject YAML into that model;
+//! - [`policy`]: the policies behind one trait, `keda-lag` and ebb's `ebb-rate`;
+//! - [`sim`]: the simulator (service model, series, summary);
+//! - [`chart`]: the run as an SVG with the reference dashboard's panels;
+//! - [`scenario`]: reading scenario files (YAML text; the caller reads the file);
+//! - [`tune`]: searching ScaledObject parameters for the cheapest config meeting an SLA.
 
+pub mod chart;
+pub mod hpa;
+pub mod keda;
+pub mod policy;
 pub mod profile;
+pub mod scaledobject;
 pub mod scenario;
+pub mod sim;
+pub mod tune;
 
 pub use profile::{ProfileError, RateProfile};
 pub use scenario::ScenarioError;

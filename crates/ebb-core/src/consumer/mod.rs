@@ -541,10 +541,11 @@ impl Context {
 }
 
 impl Lane {
-    /// Whether the poll thread should read more of this partition now.
+    /// Whether the poll thread should read more of this partition now. The open batch
+    /// does not count, so it always fills up (memory: a share plus one batch).
     fn has_room(&self, share: usize) -> bool {
         !self.state.held.load(Ordering::SeqCst)
-            && self.state.queued_records.load(Ordering::SeqCst) + self.builder.len() < share
+            && self.state.queued_records.load(Ordering::SeqCst) < share
     }
 
     /// Adds a polled message to the open batch, dispatching the batch if it closed.

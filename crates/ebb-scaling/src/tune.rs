@@ -1,0 +1,285 @@
+//! `ebb tune`: a grid search over ScaledObject parameters for the fewest replica-seconds
+//! that keep message time within the SLA without reversals, by simulating each candidate.
+
+use std::time::Duration;
+
+use crate::hpa::{PolicyType, RatePolicy, ScalingRules, SelectPolicy};
+use crate::keda::ScaledObjectSpec;
+use crate::policy::KedaLag;
+use crate::profile::RateProfile;
+use crate::sim::{SimConfig, Summary, simulate};
+
+/// One candidate and how it did.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The ScaledObject tried.
+    pub spec: ScaledObjectSpec,
+    /// Its simulated summary.
+    pub summary: Summary,
+}
+
+impl Candidate {
+    /// Meets the SLA for the whole run, with no reversals.
+    pub fn acceptable(&self) -> bool {
+        self.summary.sla_violation_s == 0.0 && self.summary.reversals == 0
+    }
+
+    /// Ordering key: acceptable first, then fewest SLA-violation seconds, reversals and
+    /// replica-seconds.
+    fn key(&self) -> (bool, u64, u32, u64) {
+        let s = &self.summary;
+        (
+            !self.acceptable(),
+            s.sla_violation_s as u64,
+            s.reversals,
+            s.replica_seconds as u64,
+        )
+    }
+}
+
+/// The outcome of a search.
+#[derive(Debug, Clone)]
+pub struct TuneResult {
+    /// The best candidate.
+    pub best: Candidate,
+    /// How many candidates were simulated.
+    pub tried: usize,
+    /// How many met the SLA without reversals.
+    pub acceptable: usize,
+}
+
+/// The candidates: `base` with its tunable fields varied over a grid.
+pub fn grid(base: &ScaledObjectSpec) -> Vec<ScaledObjectSpec> {
+    let s = Duration::from_secs;
+    let up_policies: Vec<(SelectPolicy, Vec<RatePolicy>)> = vec![
+        (SelectPolicy::Max, ScalingRules::default_scale_up().policies),
+        (
+            SelectPolicy::Max,
+            vec![RatePolicy {
+                kind: PolicyType::Percent,
+                value: 300,
+                period: s(15),
+            }],
+        ),
+        (
+            SelectPolicy::Max,
+            vec![RatePolicy {
+                kind: PolicyType::Pods,
+                value: 10,
+                period: s(60),
+            }],
+        ),
+        (
+            SelectPolicy::Min,
+            vec![
+                RatePolicy {
+                    kind: PolicyType::Pods,
+                    value: 10,
+                    period: s(60),
+                },
+                RatePolicy {
+                    kind: PolicyType::Percent,
+                    value: 500,
+                    period: s(60),
+                },
+            ],
+        ),
+    ];
+    let down_policies: Vec<Vec<RatePolicy>> = vec![
+        vec![RatePolicy {
+            kind: PolicyType::Percent,
+            value: 100,
+            period: s(15),
+        }],
+        vec![RatePolicy {
+            kind: PolicyType::Percent,
+            value: 50,
+            period: s(120),
+        }],
+        vec![RatePolicy {
+            kind: PolicyType::Pods,
+            value: 2,
+            period: s(60),
+        }],
+    ];
+    let mut out = Vec::new();
+    for lag_threshold in [
+        100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 20000.0,
+    ] {
+        for polling in [5, 15, 30] {
+            for up_window in [0, 30, 60] {
+                for (select, policies) in &up_policies {
+                    for down_window in [60, 120, 300] {
+                        for down in &down_policies {
+                            for cooldown in [60, 300] {
+                                let mut spec = base.clone();
+                                spec.trigger.lag_threshold = lag_threshold;
+                                spec.polling_interval = s(polling);
+                                spec.cooldown_period = s(cooldown);
+                                spec.behavior.scale_up = ScalingRules {
+                                    stabilization_window: s(up_window),
+                                    select_policy: *select,
+                                    policies: policies.clone(),
+                                    tolerance: None,
+                                };
+                                spec.behavior.scale_down = ScalingRules {
+                                    stabilization_window: s(down_window),
+                                    select_policy: SelectPolicy::Max,
+                                    policies: down.clone(),
+                                    tolerance: None,
+                                };
+                                out.push(spec);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Simulates every candidate (on `threads` threads) and returns the best.
+pub fn tune(
+    config: &SimConfig,
+    traffic: &RateProfile,
+    candidates: Vec<ScaledObjectSpec>,
+    threads: usize,
+) -> Option<TuneResult> {
+    let tried = candidates.len();
+    let threads = threads.max(1);
+    let chunk = tried.div_ceil(threads).max(1);
+    let results: Vec<Candidate> = std::thread::scope(|scope| {
+        let handles: Vec<_> = candidates
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|spec| {
+                            let summary =
+                                simulate(config, traffic, &mut KedaLag::new(spec.clone())).summary;
+                            Candidate {
+                                spec: spec.clone(),
+                                summary,
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let acceptable = results.iter().filter(|c| c.acceptable()).count();
+    let best = results.into_iter().min_by_key(Candidate::key)?;
+    Some(TuneResult {
+        best,
+        tried,
+        acceptable,
+    })
+}
+
+/// A ready-to-apply ScaledObject for `spec`.
+pub fn scaled_object_yaml(spec: &ScaledObjectSpec, name: &str, topic: &str, group: &str) -> String {
+    let rules = |r: &ScalingRules| {
+        let mut out = format!(
+            "          stabilizationWindowSeconds: {}\n          selectPolicy: {:?}\n          policies:\n",
+            r.stabilization_window.as_secs(),
+            r.select_policy
+        );
+        for p in &r.policies {
+            out.push_str(&format!(
+                "            - type: {:?}\n              value: {}\n              periodSeconds: {}\n",
+                p.kind,
+                p.value,
+                p.period.as_secs()
+            ));
+        }
+        out
+    };
+    let t = &spec.trigger;
+    format!(
+        concat!(
+            "apiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata:\n  name: {name}\nspec:\n",
+            "  scaleTargetRef:\n    name: {name}\n  pollingInterval: {polling}\n  cooldownPeriod: {cooldown}\n",
+            "  minReplicaCount: {min}\n  maxReplicaCount: {max}\n  advanced:\n    horizontalPodAutoscalerConfig:\n",
+            "      behavior:\n        scaleUp:\n{up}        scaleDown:\n{down}",
+            "  triggers:\n    - type: kafka\n      metadata:\n        bootstrapServers: ${{KAFKA_BOOTSTRAP_SERVERS}}\n",
+            "        consumerGroup: {group}\n        topic: {topic}\n        lagThreshold: \"{lag}\"\n",
+            "        activationLagThreshold: \"{activation}\"\n        offsetResetPolicy: {reset}\n",
+            "        allowIdleConsumers: \"{idle}\"\n"
+        ),
+        name = name,
+        polling = spec.polling_interval.as_secs(),
+        cooldown = spec.cooldown_period.as_secs(),
+        min = spec.min_replica_count,
+        max = spec.max_replica_count,
+        up = rules(&spec.behavior.scale_up),
+        down = rules(&spec.behavior.scale_down),
+        group = group,
+        topic = topic,
+        lag = t.lag_threshold,
+        activation = t.activation_lag_threshold,
+        reset = match t.offset_reset_policy {
+            crate::keda::OffsetResetPolicy::Latest => "latest",
+            crate::keda::OffsetResetPolicy::Earliest => "earliest",
+        },
+        idle = t.allow_idle_consumers,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scaledobject::parse_scaled_object;
+    use crate::sim::{Capacity, RebalanceKind, ServiceModel};
+
+    #[test]
+    fn the_grid_has_thousands_of_distinct_candidates() {
+        let g = grid(&ScaledObjectSpec::default());
+        assert!(g.len() >= 1000, "{}", g.len());
+        assert_ne!(g[0], g[1]);
+    }
+
+    #[test]
+    fn the_yaml_round_trips_through_the_parser() {
+        let mut spec = grid(&ScaledObjectSpec::default())[1234].clone();
+        spec.max_replica_count = 40;
+        let yaml = scaled_object_yaml(&spec, "trade-tx-consumer", "trade-tx", "tx-trade-workers");
+        let back =
+            parse_scaled_object(&yaml, "tuned.yaml").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn tuning_finds_a_config_that_meets_the_sla() {
+        let config = SimConfig {
+            duration: Duration::from_secs(1200),
+            step: Duration::from_secs(1),
+            partitions: 20,
+            service: ServiceModel {
+                capacity: Capacity::PerReplica(100.0),
+                pod_start_delay: Duration::from_secs(10),
+                ramp_up: Duration::ZERO,
+                rebalance: RebalanceKind::Cooperative,
+                rebalance_pause: Duration::from_secs(5),
+                pods_per_node: 0,
+                node_start_delay: Duration::ZERO,
+            },
+            sla: Duration::from_secs(120),
+            initial_lag: 0.0,
+            initial_replicas: 0,
+            reversal_window: Duration::from_secs(300),
+        };
+        let traffic: RateProfile = "200@5m,800@10m,0@5m".parse().unwrap();
+        let candidates: Vec<_> = grid(&ScaledObjectSpec::default())
+            .into_iter()
+            .step_by(37)
+            .collect();
+        let result = tune(&config, &traffic, candidates, 2).unwrap();
+        assert!(result.best.acceptable(), "{:?}", result.best.summary);
+        assert!(result.acceptable >= 1);
+    }
+}
