@@ -5,6 +5,7 @@ mod args;
 mod consume;
 mod logging;
 mod produce;
+mod sim;
 mod topic;
 
 use std::process::ExitCode;
@@ -39,6 +40,10 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Consume trades in micro-batches into a sink, with lag-safe rebalancing.
     Consume(consume::ConsumeArgs),
+    /// Simulate a scaling policy on a scenario: lag, message time, replicas, cost.
+    Sim(sim::SimArgs),
+    /// Search ScaledObject parameters for the cheapest config that meets an SLA.
+    Tune(sim::TuneArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +67,8 @@ fn main() -> ExitCode {
             Command::Topic(command) => topic::run(command).await,
             Command::Produce(args) => produce::run(args).await,
             Command::Consume(args) => consume::run(args).await,
+            Command::Sim(args) => sim::run_sim(args),
+            Command::Tune(args) => sim::run_tune(args),
         }
     });
     match result {
