@@ -104,7 +104,14 @@ pub struct EbbRateConfig {
     pub headroom: f64,
     /// Scale down only to the highest need seen over this window (hysteresis).
     pub scale_down_window: Duration,
-    /// Scale to zero after no arrivals and no lag for this long.
+    /// After a scale-up, wait this long before the next one, so the new replicas (starting,
+    /// joining, ramping up) show what they add before more are asked for.
+    pub up_settle: Duration,
+    /// Remove at most this share of the replicas per decision, so each step's rebalance
+    /// moves few partitions.
+    pub max_down_step: f64,
+    /// Go to the minimum (zero by default) after no arrivals and no lag for this long,
+    /// without waiting for the scale-down window.
     pub idle_cooldown: Duration,
     /// Fewest replicas (0 allows scaling to zero).
     pub min_replicas: u32,
@@ -119,12 +126,14 @@ impl EbbRateConfig {
     pub fn new(capacity_per_replica: f64, max_replicas: u32, partitions: u32) -> Self {
         EbbRateConfig {
             capacity_per_replica,
-            target_drain: Duration::from_secs(60),
+            target_drain: Duration::from_secs(300),
             interval: Duration::from_secs(10),
-            smoothing: Duration::from_secs(20),
-            headroom: 1.2,
-            scale_down_window: Duration::from_secs(180),
-            idle_cooldown: Duration::from_secs(120),
+            smoothing: Duration::ZERO,
+            headroom: 1.1,
+            scale_down_window: Duration::from_secs(300),
+            up_settle: Duration::from_secs(60),
+            max_down_step: 0.25,
+            idle_cooldown: Duration::from_secs(60),
             min_replicas: 0,
             max_replicas,
             partitions,
@@ -142,6 +151,7 @@ pub struct EbbRate {
     last_decided: Option<Duration>,
     needs: VecDeque<(Duration, u32)>,
     idle_since: Option<Duration>,
+    last_up: Option<Duration>,
 }
 
 impl EbbRate {
@@ -153,6 +163,7 @@ impl EbbRate {
             last_decided: None,
             needs: VecDeque::new(),
             idle_since: None,
+            last_up: None,
         }
     }
 
@@ -211,7 +222,20 @@ impl Policy for EbbRate {
             None
         };
 
-        let (target, reason) = if need > current {
+        let settling = self
+            .last_up
+            .is_some_and(|at| o.now.saturating_sub(at) < c.up_settle);
+        let quiet = self
+            .idle_since
+            .is_some_and(|since| o.now.saturating_sub(since) >= c.idle_cooldown);
+        let (target, reason) = if quiet && current > c.min_replicas {
+            // Nothing arrives and nothing waits: no window to sit out, there is no noise
+            // to smooth when the stream has stopped.
+            (c.min_replicas, format!("idle for {:?}", c.idle_cooldown))
+        } else if need > current {
+            if settling && current > 0 {
+                return None;
+            }
             (
                 need,
                 format!(
@@ -222,27 +246,24 @@ impl Policy for EbbRate {
         } else if need < current {
             let floor = self.needs.iter().map(|&(_, n)| n).max().unwrap_or(need);
             if floor == 0 {
-                let quiet = self
-                    .idle_since
-                    .is_some_and(|since| o.now.saturating_sub(since) >= c.idle_cooldown);
-                if quiet {
-                    (0, format!("idle for {:?}", c.idle_cooldown))
-                } else {
-                    // Not quiet long enough for zero: keep one (or the minimum).
-                    (
-                        current.min(c.min_replicas.max(1)),
-                        format!("need 0 over the last {:?}", c.scale_down_window),
-                    )
-                }
-            } else {
+                // Not idle long enough for the minimum: keep one.
                 (
-                    floor.min(current),
+                    current.min(c.min_replicas.max(1)),
+                    format!("need 0 over the last {:?}", c.scale_down_window),
+                )
+            } else {
+                let step_floor = ((current as f64) * (1.0 - c.max_down_step)).ceil() as u32;
+                (
+                    floor.max(step_floor).min(current),
                     format!("need {floor} over the last {:?}", c.scale_down_window),
                 )
             }
         } else {
             (current, String::new())
         };
+        if target > current {
+            self.last_up = Some(o.now);
+        }
         (target != current).then_some(Decision {
             replicas: target,
             reason: format!("ebb-rate: {reason}"),
@@ -294,7 +315,36 @@ mod tests {
         let mut config = EbbRateConfig::new(100.0, 50, 100);
         config.smoothing = Duration::ZERO;
         config.headroom = 1.0;
+        config.scale_down_window = Duration::from_secs(180);
+        config.target_drain = Duration::from_secs(60);
+        config.idle_cooldown = Duration::from_secs(120);
+        config.up_settle = Duration::ZERO;
+        config.max_down_step = 1.0;
         EbbRate::new(config)
+    }
+
+    #[test]
+    fn waits_for_new_replicas_to_settle_before_adding_more() {
+        let mut p = policy();
+        p.config.up_settle = Duration::from_secs(60);
+        assert_eq!(run(&mut p, 0, 0.0, 1000.0, 0), Some(10));
+        // Lag builds while they start; no more until 60 s have passed.
+        assert_eq!(run(&mut p, 30, 60_000.0, 1000.0, 10), None);
+        assert_eq!(run(&mut p, 60, 60_000.0, 1000.0, 10), Some(20));
+    }
+
+    #[test]
+    fn scales_down_in_bounded_steps() {
+        let mut p = policy();
+        p.config.max_down_step = 0.25;
+        p.config.scale_down_window = Duration::from_secs(10);
+        assert_eq!(run(&mut p, 0, 0.0, 4000.0, 0), Some(40));
+        assert_eq!(
+            run(&mut p, 30, 0.0, 500.0, 40),
+            Some(30),
+            "at most a quarter at a time"
+        );
+        assert_eq!(run(&mut p, 50, 0.0, 500.0, 30), Some(23));
     }
 
     #[test]
@@ -331,13 +381,15 @@ mod tests {
     }
 
     #[test]
-    fn scales_to_zero_only_after_the_window_and_the_idle_cooldown() {
+    fn scales_to_zero_after_the_idle_cooldown_without_waiting_for_the_window() {
         let mut p = policy();
-        assert_eq!(run(&mut p, 0, 100.0, 10.0, 0), Some(1));
-        // Idle from 10 s on; the need of 1 at 0 s stays in the 180 s window until 190 s.
-        for t in (10..190).step_by(10) {
-            assert_eq!(run(&mut p, t, 0.0, 0.0, 1), None, "at {t}s");
+        assert_eq!(run(&mut p, 0, 0.0, 1000.0, 0), Some(10));
+        // Idle from 10 s on (cooldown 120 s); the 180 s window does not hold it up.
+        for t in (10..130).step_by(10) {
+            assert_eq!(run(&mut p, t, 0.0, 0.0, 10), None, "at {t}s");
         }
-        assert_eq!(run(&mut p, 190, 0.0, 0.0, 1), Some(0));
+        assert_eq!(run(&mut p, 130, 0.0, 0.0, 10), Some(0));
+        // Any arrival resets the idle clock.
+        assert_eq!(run(&mut p, 140, 0.0, 50.0, 0), Some(1));
     }
 }

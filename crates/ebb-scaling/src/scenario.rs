@@ -143,8 +143,8 @@ mod tests {
 /// scaledObject: { ... }  # a ScaledObject document, or:
 /// scaledObjectFile: ../deploy/keda/scaledobject.yaml   # relative to the scenario
 /// ebbRate: { targetDrain: 60s, interval: 10s, smoothing: 20s, headroom: 1.2,
-///            scaleDownWindow: 180s, idleCooldown: 120s, minReplicas: 0, maxReplicas: 100,
-///            capacityPerReplica: 100 }
+///            scaleDownWindow: 300s, idleCooldown: 120s, upSettle: 60s, maxDownStep: 0.25,
+///            minReplicas: 0, maxReplicas: 100, capacityPerReplica: 100 }
 /// ```
 /// Durations are written with a unit (`20s`, `5m`) or as plain seconds.
 #[derive(Debug, Clone)]
@@ -399,6 +399,8 @@ pub fn parse_scenario(text: &str, origin: &str) -> Result<Scenario, ScenarioErro
                 "headroom",
                 "scaleDownWindow",
                 "idleCooldown",
+                "upSettle",
+                "maxDownStep",
                 "minReplicas",
                 "maxReplicas",
                 "capacityPerReplica",
@@ -412,6 +414,13 @@ pub fn parse_scenario(text: &str, origin: &str) -> Result<Scenario, ScenarioErro
         ebb_rate.smoothing = d("smoothing", ebb_rate.smoothing)?;
         ebb_rate.scale_down_window = d("scaleDownWindow", ebb_rate.scale_down_window)?;
         ebb_rate.idle_cooldown = d("idleCooldown", ebb_rate.idle_cooldown)?;
+        ebb_rate.up_settle = d("upSettle", ebb_rate.up_settle)?;
+        if let Some(step) = k.number(em, "ebbRate", "maxDownStep")? {
+            if step <= 0.0 || step > 1.0 {
+                return Err(k.err("ebbRate.maxDownStep", "must be in (0, 1]"));
+            }
+            ebb_rate.max_down_step = step;
+        }
         if let Some(h) = k.number(em, "ebbRate", "headroom")? {
             ebb_rate.headroom = h.max(1.0);
         }

@@ -62,13 +62,19 @@ enum PolicyChoice {
 fn load(path: &Path) -> anyhow::Result<Scenario> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| UsageError(format!("cannot read scenario {}: {e}", path.display())))?;
-    let mut scenario = parse_scenario(&text, &path.display().to_string()).map_err(|e| UsageError(e.to_string()))?;
+    let mut scenario = parse_scenario(&text, &path.display().to_string())
+        .map_err(|e| UsageError(e.to_string()))?;
     if let Some(file) = scenario.scaled_object_file.clone() {
         let so_path = path.parent().unwrap_or(Path::new(".")).join(&file);
         let text = std::fs::read_to_string(&so_path).map_err(|e| {
-            UsageError(format!("{}: scaledObjectFile: cannot read {}: {e}", path.display(), so_path.display()))
+            UsageError(format!(
+                "{}: scaledObjectFile: cannot read {}: {e}",
+                path.display(),
+                so_path.display()
+            ))
         })?;
-        let spec = parse_scaled_object(&text, &so_path.display().to_string()).map_err(|e| UsageError(e.to_string()))?;
+        let spec = parse_scaled_object(&text, &so_path.display().to_string())
+            .map_err(|e| UsageError(e.to_string()))?;
         scenario.ebb_rate.max_replicas = spec.max_replica_count;
         scenario.scaled_object = Some(spec);
     }
@@ -125,12 +131,18 @@ pub fn print_table(summaries: &[&Summary]) {
 
 pub fn run_sim(args: SimArgs) -> anyhow::Result<ExitCode> {
     let scenario = load(&args.scenario)?;
-    let out = args.out.unwrap_or_else(|| PathBuf::from("sim-out").join(&scenario.name));
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from("sim-out").join(&scenario.name));
     let mut results = Vec::new();
     for mut policy in policies(&scenario, args.policy)? {
         let started = Instant::now();
         let result = simulate(&scenario.config, &scenario.traffic, policy.as_mut());
-        let dir = if args.policy == PolicyChoice::Both { out.join(policy.name()) } else { out.clone() };
+        let dir = if args.policy == PolicyChoice::Both {
+            out.join(policy.name())
+        } else {
+            out.clone()
+        };
         write_outputs(&dir, &scenario, &result)?;
         eprintln!(
             "{}: simulated {:?} in {:.0?}; wrote {}/{{series.csv,summary.json,chart.svg}}",
@@ -141,7 +153,10 @@ pub fn run_sim(args: SimArgs) -> anyhow::Result<ExitCode> {
         );
         results.push(result);
     }
-    println!("scenario {} (SLA {:?} on message time in Kafka)", scenario.name, scenario.config.sla);
+    println!(
+        "scenario {} (SLA {:?} on message time in Kafka)",
+        scenario.name, scenario.config.sla
+    );
     print_table(&results.iter().map(|r| &r.summary).collect::<Vec<_>>());
     Ok(ExitCode::SUCCESS)
 }
@@ -153,7 +168,9 @@ pub fn run_tune(args: TuneArgs) -> anyhow::Result<ExitCode> {
     }
     let base = scenario.scaled_object.clone().unwrap_or_default();
     let candidates = grid(&base);
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     eprintln!(
         "tuning: simulating {} ScaledObject candidates of {:?} each on {threads} threads...",
         candidates.len(),
@@ -169,7 +186,12 @@ pub fn run_tune(args: TuneArgs) -> anyhow::Result<ExitCode> {
         result.acceptable,
         scenario.config.sla
     );
-    let yaml = scaled_object_yaml(&result.best.spec, "trade-tx-consumer", "trade-tx", "tx-trade-workers");
+    let yaml = scaled_object_yaml(
+        &result.best.spec,
+        "trade-tx-consumer",
+        "trade-tx",
+        "tx-trade-workers",
+    );
     if !result.best.acceptable() {
         println!("# No candidate met the SLA without reversals; this one comes closest.");
     }
@@ -182,7 +204,14 @@ pub fn run_tune(args: TuneArgs) -> anyhow::Result<ExitCode> {
     let ebb = simulate(&scenario.config, &scenario.traffic, &mut ebb_rate).summary;
     let mut reference = None;
     if let Some(spec) = &scenario.scaled_object {
-        reference = Some(simulate(&scenario.config, &scenario.traffic, &mut KedaLag::new(spec.clone())).summary);
+        reference = Some(
+            simulate(
+                &scenario.config,
+                &scenario.traffic,
+                &mut KedaLag::new(spec.clone()),
+            )
+            .summary,
+        );
     }
     let mut tuned = result.best.summary.clone();
     tuned.policy = "keda-tuned".into();
@@ -196,7 +225,10 @@ pub fn run_tune(args: TuneArgs) -> anyhow::Result<ExitCode> {
     }
     rows.push(&tuned);
     rows.push(&ebb);
-    println!("predicted (scenario {}, SLA {:?}):", scenario.name, scenario.config.sla);
+    println!(
+        "predicted (scenario {}, SLA {:?}):",
+        scenario.name, scenario.config.sla
+    );
     print_table(&rows);
     Ok(ExitCode::SUCCESS)
 }
