@@ -95,13 +95,18 @@ pub fn render(title: &str, series: &[Sample]) -> String {
     let t_max = series.last().map_or(1.0, |s| s.t_s).max(1.0);
     for (i, (name, lines)) in panels.iter().enumerate() {
         let top = 40.0 + i as f64 * (PANEL + GAP) + 18.0;
-        let y_max = series
-            .iter()
-            .flat_map(|s| lines.iter().map(move |l| (l.value)(s)))
-            .filter(|v| v.is_finite())
-            .fold(0.0f64, f64::max)
-            .max(1.0)
-            * 1.05;
+        // The first line sets the scale; the others may reach twice as high before they
+        // are clipped, so a large target cannot flatten the line that matters.
+        let line_max = |l: &Line<'_>| {
+            series
+                .iter()
+                .map(|s| (l.value)(s))
+                .filter(|v| v.is_finite())
+                .fold(0.0f64, f64::max)
+        };
+        let primary = line_max(&lines[0]);
+        let others = lines[1..].iter().map(line_max).fold(0.0f64, f64::max);
+        let y_max = primary.max(others.min(2.0 * primary)).max(1.0) * 1.05;
         let plot_w = WIDTH - LEFT - RIGHT;
         let _ = writeln!(
             svg,
