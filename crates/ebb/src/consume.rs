@@ -101,6 +101,11 @@ pub struct ConsumeArgs {
     #[arg(long, env = "EBB_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
 
+    /// How often handled offsets are committed while running (revokes and stops always
+    /// commit at once). After a crash, up to this much processing is replayed.
+    #[arg(long, env = "EBB_COMMIT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    commit_interval: Duration,
+
     /// First wait before retrying a failed sink write (doubles each time).
     #[arg(long, env = "EBB_RETRY_BACKOFF", default_value = "100ms", value_parser = parse_duration)]
     retry_backoff: Duration,
@@ -156,6 +161,11 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             "--retry-backoff / EBB_RETRY_BACKOFF must be > 0 and ≤ --retry-max-backoff".into(),
         )
         .into());
+    }
+    if args.commit_interval.is_zero() {
+        return Err(
+            UsageError("--commit-interval / EBB_COMMIT_INTERVAL must be > 0".into()).into(),
+        );
     }
     if args.batch_timeout.is_zero() {
         return Err(
@@ -215,6 +225,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         heartbeat_interval: args.heartbeat_interval,
         revoke_timeout: args.revoke_timeout,
         shutdown_timeout: args.shutdown_timeout,
+        commit_interval: args.commit_interval,
         retry: RetryPolicy {
             initial_backoff: args.retry_backoff,
             max_backoff: args.retry_max_backoff,

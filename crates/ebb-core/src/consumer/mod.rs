@@ -8,7 +8,9 @@
 //! partition's batches strictly in order: validate, send invalid records to the
 //! dead-letter topic, hand the rest to the [`Sink`] (retrying with backoff; the partition
 //! is held meanwhile), then mark the batch's end offset committable. A committer task
-//! commits those offsets asynchronously.
+//! commits those offsets asynchronously every `commit_interval` (committing after every
+//! batch would send thousands of commits a second at high rates, and a synchronous commit
+//! queued behind them times out).
 //!
 //! The contracts (DESIGN.md §4): an offset is committed only after every record before it
 //! was handled; on revoke the revoked partitions' in-flight batches finish (bounded) and
@@ -101,6 +103,10 @@ pub struct ConsumerSettings {
     pub revoke_timeout: Duration,
     /// How long a stop waits for in-flight batches.
     pub shutdown_timeout: Duration,
+    /// How often handled offsets are committed (asynchronously) while running; revokes
+    /// and stops commit synchronously whatever this is. After a crash, up to this much
+    /// processing is replayed.
+    pub commit_interval: Duration,
     /// Retry policy for sink and dead-letter failures.
     pub retry: RetryPolicy,
     /// Dead-letter topic; `None` drops invalid records (counted as errors).
@@ -140,6 +146,7 @@ impl ConsumerSettings {
             heartbeat_interval: Duration::from_secs(1),
             revoke_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
+            commit_interval: Duration::from_secs(1),
             retry: RetryPolicy {
                 initial_backoff: Duration::from_millis(100),
                 max_backoff: Duration::from_secs(10),
@@ -700,7 +707,6 @@ async fn handle_batch(shared: &Shared, state: &PartitionState, batch: Batch) {
     let finished = shared.created.elapsed().as_nanos() as u64;
     shared.last_batch_ns.fetch_max(finished, Ordering::Relaxed);
     state.committable.store(next_offset, Ordering::SeqCst);
-    shared.commit_wanted.notify_one();
 }
 
 /// Runs `attempt` until it succeeds, backing off exponentially; gives up (returning `None`)
@@ -745,8 +751,9 @@ async fn run_committer(
 ) {
     loop {
         tokio::select! {
+            // Notified only to stop.
             _ = shared.commit_wanted.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::time::sleep(shared.settings.commit_interval) => {}
         }
         if stop.load(Ordering::SeqCst) {
             return;
