@@ -53,13 +53,17 @@ pub struct Admin {
 impl Admin {
     /// Creates the admin client (no network traffic until the first request).
     pub fn new(options: &KafkaOptions) -> Result<Self, AdminError> {
-        let client = options
-            .client_config()
-            .create()
-            .map_err(|source| AdminError::Kafka {
-                context: "cannot create the Kafka admin client (check -X properties)".into(),
-                source,
-            })?;
+        let client: AdminClient<DefaultClientContext> =
+            options
+                .client_config()
+                .create()
+                .map_err(|source| AdminError::Kafka {
+                    context: "cannot create the Kafka admin client (check -X properties)".into(),
+                    source,
+                })?;
+        if let Some(iam) = options.msk_iam() {
+            set_token(&client, &iam).map_err(AdminError::Unreachable)?;
+        }
         Ok(Admin {
             client: Arc::new(client),
             options: options.clone(),
@@ -204,6 +208,45 @@ impl Admin {
                 source,
             }
         }
+    }
+}
+
+/// Gives the admin client an MSK IAM token. rdkafka's admin client does not serve
+/// librdkafka's token-refresh events, so the token is set directly; it lasts 15 minutes,
+/// longer than any admin client of ebb's lives.
+fn set_token(
+    client: &AdminClient<DefaultClientContext>,
+    iam: &crate::msk_iam::MskIam,
+) -> Result<(), String> {
+    use std::ffi::CString;
+    let token = iam.token().map_err(|e| format!("MSK IAM: {e}"))?;
+    let value = CString::new(token.token).map_err(|e| format!("MSK IAM token: {e}"))?;
+    let principal = CString::new("ebb").map_err(|e| e.to_string())?;
+    let mut error = [0 as std::ffi::c_char; 512];
+    // SAFETY: the client handle is alive for the whole call; both strings are
+    // NUL-terminated and outlive it; no extensions are passed (null, 0); `error` is a
+    // writable buffer of the length given.
+    let code = unsafe {
+        rdkafka::bindings::rd_kafka_oauthbearer_set_token(
+            client.inner().native_ptr(),
+            value.as_ptr(),
+            token.expires_ms,
+            principal.as_ptr(),
+            std::ptr::null_mut(),
+            0,
+            error.as_mut_ptr(),
+            error.len(),
+        )
+    };
+    if code == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        Ok(())
+    } else {
+        // SAFETY: librdkafka wrote a NUL-terminated message into `error`.
+        let message = unsafe { std::ffi::CStr::from_ptr(error.as_ptr()) };
+        Err(format!(
+            "MSK IAM: librdkafka refused the token: {}",
+            message.to_string_lossy()
+        ))
     }
 }
 

@@ -4,7 +4,13 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::client::{ClientContext, OAuthToken};
 use rdkafka::config::RDKafkaLogLevel;
+
+use crate::msk_iam::MskIam;
+
+/// The `--sasl-mechanism` that selects Amazon MSK IAM (OAUTHBEARER with a SigV4 token).
+pub const MSK_IAM: &str = "AWS_MSK_IAM";
 
 /// How ebb reaches Kafka. Mirrors the user-facing options one to one.
 #[derive(Debug, Clone)]
@@ -13,8 +19,11 @@ pub struct KafkaOptions {
     pub bootstrap_servers: String,
     /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl` (`security.protocol`).
     pub security_protocol: SecurityProtocol,
-    /// SASL mechanism when the protocol is SASL: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    /// SASL mechanism when the protocol is SASL: `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`
+    /// or [`MSK_IAM`].
     pub sasl_mechanism: Option<String>,
+    /// AWS region of the MSK cluster, for [`MSK_IAM`] (`AWS_REGION`).
+    pub aws_region: Option<String>,
     /// SASL user name.
     pub sasl_username: Option<String>,
     /// SASL password.
@@ -73,6 +82,7 @@ impl Default for KafkaOptions {
             bootstrap_servers: "127.0.0.1:9092".into(),
             security_protocol: SecurityProtocol::Plaintext,
             sasl_mechanism: None,
+            aws_region: None,
             sasl_username: None,
             sasl_password: None,
             ssl_ca_location: None,
@@ -105,6 +115,11 @@ impl KafkaOptions {
             .set("log.connection.close", "false")
             .set_log_level(RDKafkaLogLevel::Warning);
         if let Some(mechanism) = &self.sasl_mechanism {
+            let mechanism = if mechanism == MSK_IAM {
+                "OAUTHBEARER"
+            } else {
+                mechanism
+            };
             config.set("sasl.mechanism", mechanism);
         }
         if let Some(user) = &self.sasl_username {
@@ -120,6 +135,28 @@ impl KafkaOptions {
             config.set(key, value);
         }
         config
+    }
+
+    /// MSK IAM, when the SASL mechanism asks for it.
+    pub fn msk_iam(&self) -> Option<MskIam> {
+        (self.sasl_mechanism.as_deref() == Some(MSK_IAM)).then(|| MskIam {
+            region: self.aws_region.clone().unwrap_or_default(),
+        })
+    }
+
+    /// Checks settings that only make sense together; the error names them.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.sasl_mechanism.as_deref() == Some(MSK_IAM) {
+            if self.aws_region.as_deref().is_none_or(str::is_empty) {
+                return Err("--sasl-mechanism AWS_MSK_IAM needs --aws-region (AWS_REGION)".into());
+            }
+            if self.security_protocol != SecurityProtocol::SaslSsl {
+                return Err(
+                    "--sasl-mechanism AWS_MSK_IAM needs --security-protocol sasl_ssl".into(),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The sentence to show when the brokers cannot be reached.
@@ -145,6 +182,48 @@ impl KafkaOptions {
                 self.bootstrap_servers, self.request_timeout
             )
         }
+    }
+}
+
+/// A client context that answers librdkafka's OAUTHBEARER token refreshes with MSK IAM
+/// tokens (and does nothing else special). Every ebb client embeds one.
+#[derive(Debug, Clone, Default)]
+pub struct AuthContext {
+    /// MSK IAM, when configured.
+    pub iam: Option<MskIam>,
+}
+
+impl AuthContext {
+    /// The context for `options`.
+    pub fn new(options: &KafkaOptions) -> Self {
+        AuthContext {
+            iam: options.msk_iam(),
+        }
+    }
+
+    /// A fresh token, or why there is none.
+    pub fn token(&self) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        match &self.iam {
+            Some(iam) => iam.oauth_token().map_err(|e| {
+                tracing::error!("MSK IAM: {e}");
+                e
+            }),
+            None => Err(
+                "OAUTHBEARER needs --sasl-mechanism AWS_MSK_IAM (the only token source ebb has)"
+                    .into(),
+            ),
+        }
+    }
+}
+
+impl ClientContext for AuthContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        self.token()
     }
 }
 
@@ -190,6 +269,22 @@ mod tests {
             options.client_config().get("bootstrap.servers"),
             Some("h:2")
         );
+    }
+
+    #[test]
+    fn msk_iam_needs_a_region_and_sasl_ssl() {
+        let mut options = KafkaOptions::new("b-1:9098");
+        options.sasl_mechanism = Some(MSK_IAM.into());
+        assert!(options.validate().unwrap_err().contains("--aws-region"));
+        options.aws_region = Some("us-east-1".into());
+        assert!(options.validate().unwrap_err().contains("sasl_ssl"));
+        options.security_protocol = SecurityProtocol::SaslSsl;
+        assert_eq!(options.validate(), Ok(()));
+        assert_eq!(
+            options.client_config().get("sasl.mechanism"),
+            Some("OAUTHBEARER")
+        );
+        assert_eq!(options.msk_iam().unwrap().region, "us-east-1");
     }
 
     #[test]

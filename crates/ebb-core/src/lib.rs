@@ -1,6 +1,7 @@
 //! ebb's Kafka runtime: the pieces that talk to brokers, kept apart from the CLI.
 //!
-//! - [`kafka`]: client settings (bootstrap, TLS, SASL) shared by every command;
+//! - [`kafka`]: client settings (bootstrap, TLS, SASL, MSK IAM) shared by every command;
+//! - [`msk_iam`]: the SigV4-signed OAUTHBEARER token of Amazon MSK's IAM authentication;
 //! - [`admin`]: topics and cluster metadata;
 //! - [`trade`]: the trade record, its generator and its validation;
 //! - [`producer`]: the rate-controlled trade producer;
@@ -11,6 +12,7 @@ pub mod admin;
 pub mod consumer;
 pub mod http;
 pub mod kafka;
+pub mod msk_iam;
 pub mod producer;
 pub mod trade;
 

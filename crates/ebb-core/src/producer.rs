@@ -17,10 +17,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use rdkafka::ClientContext;
+use rdkafka::client::OAuthToken;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
-use crate::kafka::KafkaOptions;
+use crate::kafka::{AuthContext, KafkaOptions};
 use crate::trade::TradeGenerator;
 
 /// Everything `ebb produce` can be told, one field per option.
@@ -164,6 +165,7 @@ impl ProducerMetrics {
 
 /// Counts delivery reports; librdkafka calls it from its own thread.
 pub struct DeliveryCounter {
+    auth: AuthContext,
     started: Instant,
     delivered: AtomicU64,
     failed: AtomicU64,
@@ -171,7 +173,16 @@ pub struct DeliveryCounter {
     metrics: ProducerMetrics,
 }
 
-impl ClientContext for DeliveryCounter {}
+impl ClientContext for DeliveryCounter {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        self.auth.token()
+    }
+}
 
 impl ProducerContext for DeliveryCounter {
     /// Microseconds since the producer started, taken at send time.
@@ -254,6 +265,7 @@ impl TradeProducer {
             config.set(key, value);
         }
         let context = DeliveryCounter {
+            auth: AuthContext::new(kafka),
             started: Instant::now(),
             delivered: AtomicU64::new(0),
             failed: AtomicU64::new(0),

@@ -28,9 +28,16 @@ pub struct KafkaArgs {
           value_parser = parse_security_protocol)]
     pub security_protocol: SecurityProtocol,
 
-    /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    /// SASL mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, or AWS_MSK_IAM (Amazon MSK's IAM
+    /// authentication: a SigV4-signed OAUTHBEARER token from AWS_ACCESS_KEY_ID /
+    /// AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or EKS Pod Identity; needs sasl_ssl and
+    /// --aws-region).
     #[arg(long, env = "KAFKA_SASL_MECHANISM")]
     pub sasl_mechanism: Option<String>,
+
+    /// AWS region of the MSK cluster, for AWS_MSK_IAM.
+    #[arg(long, env = "AWS_REGION")]
+    pub aws_region: Option<String>,
 
     /// SASL user name.
     #[arg(long, env = "KAFKA_SASL_USERNAME")]
@@ -55,18 +62,21 @@ pub struct KafkaArgs {
 }
 
 impl KafkaArgs {
-    /// The library's view of these options.
-    pub fn options(&self) -> KafkaOptions {
-        KafkaOptions {
+    /// The library's view of these options, checked: a bad combination is a usage error.
+    pub fn options(&self) -> Result<KafkaOptions, UsageError> {
+        let options = KafkaOptions {
             bootstrap_servers: self.bootstrap_servers.clone(),
             security_protocol: self.security_protocol,
             sasl_mechanism: self.sasl_mechanism.clone(),
+            aws_region: self.aws_region.clone(),
             sasl_username: self.sasl_username.clone(),
             sasl_password: self.sasl_password.clone(),
             ssl_ca_location: self.ssl_ca_location.clone(),
             request_timeout: self.kafka_timeout,
             extra: self.kafka_properties.clone(),
-        }
+        };
+        options.validate().map_err(UsageError)?;
+        Ok(options)
     }
 }
 

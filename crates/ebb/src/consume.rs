@@ -246,7 +246,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     .await?;
     tracing::info!("Metrics available at {bound}/metrics");
 
-    let running = start(&args.kafka.options(), settings, sink, metrics, probes).await?;
+    let running = start(&args.kafka.options()?, settings, sink, metrics, probes).await?;
     let stop = running.stop_flag();
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;

@@ -112,7 +112,7 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<ExitCode> {
             .parse::<RateProfile>()
             .map_err(|e| UsageError(format!("--rate / MESSAGES_PER_SECOND: {e}")))?,
     };
-    let kafka = args.kafka.options();
+    let kafka = args.kafka.options()?;
     Admin::new(&kafka)?.topic(&args.topic).await?;
 
     let mut registry = Registry::default();

@@ -47,7 +47,7 @@ pub struct ListArgs {
 pub async fn run(command: TopicCommand) -> anyhow::Result<ExitCode> {
     match command {
         TopicCommand::Create(args) => {
-            let admin = Admin::new(&args.kafka.options())?;
+            let admin = Admin::new(&args.kafka.options()?)?;
             match admin
                 .create_topic(&args.name, args.partitions, args.replication, &args.configs)
                 .await
@@ -67,7 +67,7 @@ pub async fn run(command: TopicCommand) -> anyhow::Result<ExitCode> {
             }
         }
         TopicCommand::List(args) => {
-            let admin = Admin::new(&args.kafka.options())?;
+            let admin = Admin::new(&args.kafka.options()?)?;
             let topics = admin.list_topics().await?;
             let width = topics
                 .iter()

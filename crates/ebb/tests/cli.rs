@@ -208,3 +208,51 @@ fn sighup_rereads_the_scenario_file() {
     producer.kill().unwrap();
     producer.wait().unwrap();
 }
+
+#[test]
+fn msk_iam_settings_are_checked_before_connecting() {
+    let out = ebb()
+        .args(["topic", "list", "--sasl-mechanism", "AWS_MSK_IAM"])
+        .env_remove("AWS_REGION")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--aws-region"));
+    let out = ebb()
+        .args([
+            "topic",
+            "list",
+            "--sasl-mechanism",
+            "AWS_MSK_IAM",
+            "--aws-region",
+            "us-east-1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sasl_ssl"));
+    // Well configured, but no credentials anywhere: a runtime error that says where they come from.
+    let out = ebb()
+        .args([
+            "topic",
+            "list",
+            "--security-protocol",
+            "sasl_ssl",
+            "--sasl-mechanism",
+            "AWS_MSK_IAM",
+            "--aws-region",
+            "us-east-1",
+        ])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no AWS credentials") && stderr.contains("AWS_ACCESS_KEY_ID"),
+        "{stderr}"
+    );
+}

@@ -8,7 +8,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::batch::Record;
 use super::sink::SinkError;
-use crate::kafka::KafkaOptions;
+use crate::kafka::{AuthContext, KafkaOptions};
 
 /// Header with the reason the record was rejected.
 pub const HEADER_ERROR: &str = "ebb.error";
@@ -21,7 +21,7 @@ pub const HEADER_OFFSET: &str = "ebb.source.offset";
 
 /// A producer for the dead-letter topic.
 pub struct DeadLetters {
-    producer: FutureProducer,
+    producer: FutureProducer<AuthContext>,
     topic: String,
 }
 
@@ -38,7 +38,7 @@ impl DeadLetters {
             config.set(key, value);
         }
         Ok(DeadLetters {
-            producer: config.create()?,
+            producer: config.create_with_context(AuthContext::new(kafka))?,
             topic,
         })
     }

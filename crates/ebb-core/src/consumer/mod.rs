@@ -50,7 +50,7 @@ use self::metrics::{ConsumerMetrics, KindLabel, PartitionLabel, StatusLabel};
 use self::sink::Sink;
 use crate::admin::{Admin, AdminError};
 use crate::http::Probes;
-use crate::kafka::KafkaOptions;
+use crate::kafka::{AuthContext, KafkaOptions};
 use crate::trade::TradeRef;
 
 /// How the group assigns partitions.
@@ -255,6 +255,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The librdkafka context: rebalance callbacks, commit results and statistics.
 struct Context {
+    auth: AuthContext,
     shared: Arc<Shared>,
     lanes: Mutex<HashMap<i32, Lane>>,
     /// The consumer itself, to split off partition queues on assignment.
@@ -262,6 +263,15 @@ struct Context {
 }
 
 impl ClientContext for Context {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        self.auth.token()
+    }
+
     fn stats(&self, statistics: Statistics) {
         let Some(topic) = statistics.topics.get(&*self.shared.topic) else {
             return;
@@ -914,6 +924,7 @@ pub async fn start(
         last_batch_ns: AtomicU64::new(0),
     });
     let context = Context {
+        auth: AuthContext::new(kafka),
         shared: shared.clone(),
         lanes: Mutex::new(HashMap::new()),
         consumer: OnceLock::new(),
