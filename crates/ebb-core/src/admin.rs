@@ -22,6 +22,14 @@ pub enum AdminError {
     /// The topic is not in the cluster.
     #[error("topic \"{0}\" does not exist; create it with: ebb topic create {0} --partitions N")]
     UnknownTopic(String),
+    /// The consumer group has no members and no committed offsets on the topic.
+    #[error("group {group} is unknown: it has no members and never committed on {topic}")]
+    UnknownGroup {
+        /// The group.
+        group: String,
+        /// The topic asked about.
+        topic: String,
+    },
     /// Anything else Kafka said no to.
     #[error("{context}: {source}")]
     Kafka {

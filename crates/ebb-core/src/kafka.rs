@@ -227,6 +227,8 @@ impl ClientContext for AuthContext {
     }
 }
 
+impl rdkafka::consumer::ConsumerContext for AuthContext {}
+
 /// Parses one `key=value` librdkafka property given with `-X`.
 pub fn parse_property(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {

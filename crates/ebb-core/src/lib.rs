@@ -3,6 +3,7 @@
 //! - [`kafka`]: client settings (bootstrap, TLS, SASL, MSK IAM) shared by every command;
 //! - [`msk_iam`]: the SigV4-signed OAUTHBEARER token of Amazon MSK's IAM authentication;
 //! - [`admin`]: topics and cluster metadata;
+//! - [`lag`]: a consumer group's lag per partition, in records and in time;
 //! - [`trade`]: the trade record, its generator and its validation;
 //! - [`producer`]: the rate-controlled trade producer;
 //! - [`consumer`]: the micro-batch consumer runtime and its sinks;
@@ -12,6 +13,7 @@ pub mod admin;
 pub mod consumer;
 pub mod http;
 pub mod kafka;
+pub mod lag;
 pub mod msk_iam;
 pub mod producer;
 pub mod trade;

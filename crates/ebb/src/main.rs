@@ -3,6 +3,7 @@
 
 mod args;
 mod consume;
+mod lag;
 mod logging;
 mod produce;
 mod sim;
@@ -40,6 +41,8 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Consume trades in micro-batches into a sink, with lag-safe rebalancing.
     Consume(consume::ConsumeArgs),
+    /// Show a consumer group's lag per partition, in records and in time.
+    Lag(lag::LagArgs),
     /// Simulate a scaling policy on a scenario: lag, message time, replicas, cost.
     Sim(sim::SimArgs),
     /// Search ScaledObject parameters for the cheapest config that meets an SLA.
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
             Command::Topic(command) => topic::run(command).await,
             Command::Produce(args) => produce::run(args).await,
             Command::Consume(args) => consume::run(args).await,
+            Command::Lag(args) => lag::run(args).await,
             Command::Sim(args) => sim::run_sim(args),
             Command::Tune(args) => sim::run_tune(args),
         }

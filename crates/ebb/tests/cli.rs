@@ -256,3 +256,56 @@ fn msk_iam_settings_are_checked_before_connecting() {
         "{stderr}"
     );
 }
+
+#[test]
+fn lag_shows_records_and_time_waiting_per_partition() {
+    let topic = create_topic("lag", 3);
+    let group = unique("g");
+    produce(&topic, 300, "10000");
+    let drained = run(&[
+        "consume",
+        "--topic",
+        &topic,
+        "--group",
+        &group,
+        "--sink",
+        "stdout",
+        "--stop-after-idle",
+        "2s",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(
+        drained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&drained.stderr)
+    );
+    produce(&topic, 90, "10000");
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let out = run(&["lag", "--group", &group, "--topic", &topic, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lag: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(lag["total_lag"], 90);
+    assert_eq!(lag["partitions"].as_array().unwrap().len(), 3);
+    let waited = lag["max_time_lag_s"].as_f64().unwrap();
+    assert!(
+        (1.0..30.0).contains(&waited),
+        "the new records waited about 1.5 s: {waited}"
+    );
+    let table =
+        String::from_utf8_lossy(&run(&["lag", "--group", &group, "--topic", &topic]).stdout)
+            .to_string();
+    assert!(
+        table.contains("TIME-LAG") && table.lines().last().unwrap().contains("90"),
+        "{table}"
+    );
+
+    let unknown = run(&["lag", "--group", &unique("nobody"), "--topic", &topic]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("is unknown"));
+}

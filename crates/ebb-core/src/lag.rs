@@ -1,0 +1,177 @@
+//! A consumer group's lag on a topic, per partition: committed offset, log-end offset,
+//! lag in records and in time (how long the oldest unconsumed record has waited, from its
+//! timestamp). What `ebb lag` shows and what the local supervisor measures.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::admin::{Admin, AdminError};
+use crate::kafka::{AuthContext, KafkaOptions};
+
+/// One partition's lag.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PartitionLag {
+    /// Partition number.
+    pub partition: i32,
+    /// The group's committed offset; `None` if it never committed on this partition.
+    pub committed: Option<i64>,
+    /// Log-end offset (high watermark).
+    pub log_end: i64,
+    /// Records not yet consumed (from the log start when nothing is committed).
+    pub lag: i64,
+    /// How long the oldest unconsumed record has been in the topic, in seconds.
+    pub time_lag_s: Option<f64>,
+}
+
+/// A group's lag on one topic.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GroupLag {
+    /// The group.
+    pub group: String,
+    /// The topic.
+    pub topic: String,
+    /// The group's state as the coordinator reports it (Stable, Empty, ...).
+    pub state: String,
+    /// Per partition, in order.
+    pub partitions: Vec<PartitionLag>,
+    /// Sum of the partitions' lag.
+    pub total_lag: i64,
+    /// The largest time lag.
+    pub max_time_lag_s: Option<f64>,
+}
+
+/// Measures `group`'s lag on `topic`. Fails with a clear message for an unknown topic
+/// or a group that has no committed offset on it and no members.
+pub async fn group_lag(
+    kafka: &KafkaOptions,
+    group: &str,
+    topic: &str,
+) -> Result<GroupLag, AdminError> {
+    let admin = Admin::new(kafka)?;
+    let info = admin.topic(topic).await?;
+    let kafka = kafka.clone();
+    let (group, topic) = (group.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || measure(&kafka, &group, &topic, info.partitions))
+        .await
+        .map_err(|e| AdminError::Unreachable(format!("lag measurement aborted: {e}")))?
+}
+
+fn measure(
+    kafka: &KafkaOptions,
+    group: &str,
+    topic: &str,
+    partitions: usize,
+) -> Result<GroupLag, AdminError> {
+    let timeout = kafka.request_timeout;
+    let fail = |context: String| move |source| AdminError::Kafka { context, source };
+    let mut config = kafka.client_config();
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    let consumer: BaseConsumer<AuthContext> =
+        config
+            .create_with_context(AuthContext::new(kafka))
+            .map_err(fail("cannot create a client to read offsets".into()))?;
+
+    let state = consumer
+        .fetch_group_list(Some(group), timeout)
+        .map_err(fail(format!("cannot describe group {group}")))?
+        .groups()
+        .first()
+        .map_or("Dead".to_string(), |g| g.state().to_string());
+
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, timeout)
+        .map_err(fail(format!(
+            "cannot read group {group}'s committed offsets"
+        )))?;
+    let mut rows = Vec::with_capacity(partitions);
+    for element in committed.elements_for_topic(topic) {
+        let p = element.partition();
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, timeout)
+            .map_err(fail(format!("cannot read the offsets of {topic} [{p}]")))?;
+        let committed = match element.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        };
+        let lag = (high - committed.unwrap_or(low)).max(0);
+        rows.push(PartitionLag {
+            partition: p,
+            committed,
+            log_end: high,
+            lag,
+            time_lag_s: None,
+        });
+    }
+    if rows.iter().all(|r| r.committed.is_none()) && state == "Dead" {
+        return Err(AdminError::UnknownGroup {
+            group: group.into(),
+            topic: topic.into(),
+        });
+    }
+    time_lags(&consumer, topic, &mut rows, timeout);
+    rows.sort_by_key(|r| r.partition);
+    let total_lag = rows.iter().map(|r| r.lag).sum();
+    let max_time_lag_s = rows.iter().filter_map(|r| r.time_lag_s).reduce(f64::max);
+    Ok(GroupLag {
+        group: group.into(),
+        topic: topic.into(),
+        state,
+        partitions: rows,
+        total_lag,
+        max_time_lag_s,
+    })
+}
+
+/// Reads the oldest unconsumed record of each lagging partition for its timestamp.
+fn time_lags(
+    consumer: &BaseConsumer<AuthContext>,
+    topic: &str,
+    rows: &mut [PartitionLag],
+    timeout: Duration,
+) {
+    let mut tpl = TopicPartitionList::new();
+    for row in rows.iter_mut() {
+        if row.lag == 0 {
+            row.time_lag_s = Some(0.0);
+            continue;
+        }
+        let start = row.committed.map_or(Offset::Beginning, Offset::Offset);
+        let _ = tpl.add_partition_offset(topic, row.partition, start);
+    }
+    if tpl.count() == 0 || consumer.assign(&tpl).is_err() {
+        return;
+    }
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let deadline = std::time::Instant::now() + timeout;
+    let mut missing = tpl.count();
+    while missing > 0 && std::time::Instant::now() < deadline {
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        if let Some(row) = rows.iter_mut().find(|r| r.partition == message.partition())
+            && row.time_lag_s.is_none()
+        {
+            row.time_lag_s = message
+                .timestamp()
+                .to_millis()
+                .map(|ts| (now_ms - ts).max(0) as f64 / 1000.0);
+            missing -= 1;
+            let mut one = TopicPartitionList::new();
+            one.add_partition(topic, message.partition());
+            let _ = consumer.pause(&one);
+        }
+    }
+    let _ = consumer.unassign();
+}
