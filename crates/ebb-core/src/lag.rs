@@ -65,61 +65,16 @@ fn measure(
     topic: &str,
     partitions: usize,
 ) -> Result<GroupLag, AdminError> {
-    let timeout = kafka.request_timeout;
-    let fail = |context: String| move |source| AdminError::Kafka { context, source };
-    let mut config = kafka.client_config();
-    config
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
-    let consumer: BaseConsumer<AuthContext> =
-        config
-            .create_with_context(AuthContext::new(kafka))
-            .map_err(fail("cannot create a client to read offsets".into()))?;
-
-    let state = consumer
-        .fetch_group_list(Some(group), timeout)
-        .map_err(fail(format!("cannot describe group {group}")))?
-        .groups()
-        .first()
-        .map_or("Dead".to_string(), |g| g.state().to_string());
-
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer
-        .committed_offsets(tpl, timeout)
-        .map_err(fail(format!(
-            "cannot read group {group}'s committed offsets"
-        )))?;
-    let mut rows = Vec::with_capacity(partitions);
-    for element in committed.elements_for_topic(topic) {
-        let p = element.partition();
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, timeout)
-            .map_err(fail(format!("cannot read the offsets of {topic} [{p}]")))?;
-        let committed = match element.offset() {
-            Offset::Offset(o) => Some(o),
-            _ => None,
-        };
-        let lag = (high - committed.unwrap_or(low)).max(0);
-        rows.push(PartitionLag {
-            partition: p,
-            committed,
-            log_end: high,
-            lag,
-            time_lag_s: None,
-        });
-    }
+    let probe = LagProbe::new(kafka, group, topic, partitions)?;
+    let state = probe.group_state()?;
+    let mut rows = probe.offsets()?;
     if rows.iter().all(|r| r.committed.is_none()) && state == "Dead" {
         return Err(AdminError::UnknownGroup {
             group: group.into(),
             topic: topic.into(),
         });
     }
-    time_lags(&consumer, topic, &mut rows, timeout);
-    rows.sort_by_key(|r| r.partition);
+    time_lags(&probe.consumer, topic, &mut rows, kafka.request_timeout);
     let total_lag = rows.iter().map(|r| r.lag).sum();
     let max_time_lag_s = rows.iter().filter_map(|r| r.time_lag_s).reduce(f64::max);
     Ok(GroupLag {
@@ -130,6 +85,99 @@ fn measure(
         total_lag,
         max_time_lag_s,
     })
+}
+
+/// Reads a group's committed offsets and a topic's log-end offsets, again and again,
+/// over one connection (the supervisor does so every second). Blocking.
+pub struct LagProbe {
+    consumer: BaseConsumer<AuthContext>,
+    group: String,
+    topic: String,
+    partitions: usize,
+    timeout: Duration,
+}
+
+impl LagProbe {
+    /// A probe for `group` on `topic`, which has `partitions` partitions.
+    pub fn new(
+        kafka: &KafkaOptions,
+        group: &str,
+        topic: &str,
+        partitions: usize,
+    ) -> Result<Self, AdminError> {
+        let mut config = kafka.client_config();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        let consumer = config
+            .create_with_context(AuthContext::new(kafka))
+            .map_err(|source| AdminError::Kafka {
+                context: "cannot create a client to read offsets".into(),
+                source,
+            })?;
+        Ok(LagProbe {
+            consumer,
+            group: group.into(),
+            topic: topic.into(),
+            partitions,
+            timeout: kafka.request_timeout,
+        })
+    }
+
+    /// The group's state as its coordinator reports it ("Dead" when unknown).
+    pub fn group_state(&self) -> Result<String, AdminError> {
+        Ok(self
+            .consumer
+            .fetch_group_list(Some(&self.group), self.timeout)
+            .map_err(|source| AdminError::Kafka {
+                context: format!("cannot describe group {}", self.group),
+                source,
+            })?
+            .groups()
+            .first()
+            .map_or("Dead".to_string(), |g| g.state().to_string()))
+    }
+
+    /// Committed and log-end offsets of every partition (time lag not measured).
+    pub fn offsets(&self) -> Result<Vec<PartitionLag>, AdminError> {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions as i32 {
+            tpl.add_partition(&self.topic, p);
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, self.timeout)
+            .map_err(|source| AdminError::Kafka {
+                context: format!("cannot read group {}'s committed offsets", self.group),
+                source,
+            })?;
+        let mut rows = Vec::with_capacity(self.partitions);
+        for element in committed.elements_for_topic(&self.topic) {
+            let p = element.partition();
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(&self.topic, p, self.timeout)
+                .map_err(|source| AdminError::Kafka {
+                    context: format!("cannot read the offsets of {} [{p}]", self.topic),
+                    source,
+                })?;
+            let committed = match element.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            let lag = (high - committed.unwrap_or(low)).max(0);
+            rows.push(PartitionLag {
+                partition: p,
+                committed,
+                log_end: high,
+                lag,
+                time_lag_s: None,
+            });
+        }
+        rows.sort_by_key(|r| r.partition);
+        Ok(rows)
+    }
 }
 
 /// Reads the oldest unconsumed record of each lagging partition for its timestamp.

@@ -168,6 +168,9 @@ pub struct ScaledObjectSpec {
     pub trigger: KafkaTrigger,
     /// `advanced.horizontalPodAutoscalerConfig.behavior`, API defaults filled in.
     pub behavior: Behavior,
+    /// The HPA controller's sync period (`--horizontal-pod-autoscaler-sync-period`, 15 s);
+    /// a cluster setting, not part of the YAML.
+    pub hpa_sync_period: Duration,
 }
 
 impl Default for ScaledObjectSpec {
@@ -179,6 +182,7 @@ impl Default for ScaledObjectSpec {
             max_replica_count: 100,
             trigger: KafkaTrigger::default(),
             behavior: Behavior::default(),
+            hpa_sync_period: Duration::from_secs(15),
         }
     }
 }
@@ -189,6 +193,7 @@ impl ScaledObjectSpec {
     pub fn hpa_spec(&self) -> HpaSpec {
         HpaSpec {
             behavior: self.behavior.clone(),
+            sync_period: self.hpa_sync_period,
             ..HpaSpec::new(
                 self.min_replica_count.max(1),
                 self.max_replica_count,

@@ -6,6 +6,7 @@ mod consume;
 mod lag;
 mod logging;
 mod produce;
+mod scale;
 mod sim;
 mod topic;
 
@@ -43,6 +44,8 @@ enum Command {
     Consume(consume::ConsumeArgs),
     /// Show a consumer group's lag per partition, in records and in time.
     Lag(lag::LagArgs),
+    /// Run consumer workers and scale them on lag, like KEDA + HPA, on this machine.
+    Scale(scale::ScaleArgs),
     /// Simulate a scaling policy on a scenario: lag, message time, replicas, cost.
     Sim(sim::SimArgs),
     /// Search ScaledObject parameters for the cheapest config that meets an SLA.
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
             Command::Produce(args) => produce::run(args).await,
             Command::Consume(args) => consume::run(args).await,
             Command::Lag(args) => lag::run(args).await,
+            Command::Scale(args) => scale::run(args).await,
             Command::Sim(args) => sim::run_sim(args),
             Command::Tune(args) => sim::run_tune(args),
         }

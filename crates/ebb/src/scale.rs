@@ -1,0 +1,509 @@
+//! `ebb scale`: the local supervisor. It runs `ebb consume` workers as child processes
+//! and, every interval, measures the group's lag and the arrival rate from Kafka, asks a
+//! scaling policy (KEDA + HPA on a ScaledObject, or ebb-rate) for a replica count, and
+//! starts or gracefully stops workers to match — what KEDA and the HPA do on Kubernetes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use ebb_core::admin::Admin;
+use ebb_core::http::{Probes, serve, standard_routes};
+use ebb_core::lag::LagProbe;
+use ebb_scaling::keda::PartitionOffsets;
+use ebb_scaling::policy::{EbbRate, EbbRateConfig, KedaLag, Observation, Policy};
+use ebb_scaling::scaledobject::parse_scaled_object;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::args::{KafkaArgs, UsageError, parse_duration};
+
+/// Run `ebb consume` workers and scale them on the group's lag, like KEDA + HPA on
+/// Kubernetes: `keda-lag` applies a ScaledObject (--scaled-object), `ebb-rate` sizes for the
+/// arrival rate plus draining the backlog (--capacity per worker). Arguments after `--` go
+/// to every worker (e.g. `-- --batch-processing-time 0.2`). Ctrl-C stops every worker
+/// cleanly.
+#[derive(Args)]
+pub struct ScaleArgs {
+    /// Topic the workers consume.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "trade-tx")]
+    topic: String,
+    /// The workers' consumer group.
+    #[arg(long, env = "CONSUMER_GROUP", default_value = "tx-trade-workers")]
+    group: String,
+    /// Scaling policy.
+    #[arg(long, value_enum, env = "EBB_POLICY", default_value_t = PolicyChoice::KedaLag)]
+    policy: PolicyChoice,
+    /// ScaledObject YAML for keda-lag.
+    #[arg(long, env = "EBB_SCALED_OBJECT", required_if_eq("policy", "keda-lag"))]
+    scaled_object: Option<PathBuf>,
+    /// The HPA's sync period for keda-lag (15 s on Kubernetes).
+    #[arg(long, env = "EBB_HPA_SYNC_PERIOD", default_value = "15s", value_parser = parse_duration)]
+    hpa_sync_period: Duration,
+    /// ebb-rate: messages per second one worker handles.
+    #[arg(long, env = "EBB_CAPACITY", required_if_eq("policy", "ebb-rate"))]
+    capacity: Option<f64>,
+    /// ebb-rate: drain the backlog within this time.
+    #[arg(long, env = "EBB_TARGET_DRAIN", default_value = "300s", value_parser = parse_duration)]
+    target_drain: Duration,
+    /// ebb-rate: to zero workers after no arrivals and no lag for this long.
+    #[arg(long, env = "EBB_IDLE_COOLDOWN", default_value = "60s", value_parser = parse_duration)]
+    idle_cooldown: Duration,
+    /// ebb-rate: after a scale-up, wait this long before the next one.
+    #[arg(long, env = "EBB_UP_SETTLE", default_value = "60s", value_parser = parse_duration)]
+    up_settle: Duration,
+    /// ebb-rate: scale down only to the highest need seen over this window.
+    #[arg(long, env = "EBB_SCALE_DOWN_WINDOW", default_value = "300s", value_parser = parse_duration)]
+    scale_down_window: Duration,
+    /// ebb-rate: most workers (keda-lag takes maxReplicaCount from the ScaledObject).
+    #[arg(long, env = "EBB_MAX_REPLICAS", default_value_t = 10)]
+    max_replicas: u32,
+    /// How often to measure and decide.
+    #[arg(long, env = "EBB_SCALE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// How long a stopping worker may take before it is killed.
+    #[arg(long, env = "EBB_STOP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    stop_timeout: Duration,
+    /// Address for the supervisor's /metrics, /healthz and /readyz.
+    #[arg(long, env = "EBB_SCALE_METRICS_ADDR", default_value = "0.0.0.0:9100")]
+    metrics_addr: SocketAddr,
+    /// Workers serve their metrics on 127.0.0.1 from this port up.
+    #[arg(long, env = "EBB_WORKER_PORT_BASE", default_value_t = 9200)]
+    worker_port_base: u16,
+    /// Directory for the workers' logs; default: a directory under the system temp dir.
+    #[arg(long, env = "EBB_WORKER_LOG_DIR")]
+    worker_log_dir: Option<PathBuf>,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Arguments for every `ebb consume` worker.
+    #[arg(last = true)]
+    worker_args: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PolicyChoice {
+    KedaLag,
+    EbbRate,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+struct ScaleMetrics {
+    desired: Gauge,
+    current: Gauge,
+    ready: Gauge,
+    lag: Gauge,
+    arrival_rate: Gauge<f64, AtomicU64>,
+    decisions: Family<DirectionLabel, Counter>,
+    replaced: Counter,
+}
+
+impl ScaleMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = ScaleMetrics {
+            desired: Gauge::default(),
+            current: Gauge::default(),
+            ready: Gauge::default(),
+            lag: Gauge::default(),
+            arrival_rate: Gauge::default(),
+            decisions: Family::default(),
+            replaced: Counter::default(),
+        };
+        registry.register(
+            "ebb_scale_desired_replicas",
+            "Workers the policy asks for",
+            m.desired.clone(),
+        );
+        registry.register(
+            "ebb_scale_current_replicas",
+            "Workers running (not stopping)",
+            m.current.clone(),
+        );
+        registry.register(
+            "ebb_scale_ready_replicas",
+            "Workers in the group and ready",
+            m.ready.clone(),
+        );
+        registry.register(
+            "ebb_scale_lag",
+            "The group's total lag on the topic",
+            m.lag.clone(),
+        );
+        registry.register(
+            "ebb_scale_arrival_rate",
+            "Messages per second arriving on the topic",
+            m.arrival_rate.clone(),
+        );
+        registry.register(
+            "ebb_scale_decisions",
+            "Scale decisions by direction",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "ebb_scale_workers_replaced",
+            "Workers that died and were replaced",
+            m.replaced.clone(),
+        );
+        m
+    }
+}
+
+struct Worker {
+    id: u32,
+    port: u16,
+    child: Child,
+    stopping_since: Option<Instant>,
+}
+
+struct Pool {
+    exe: PathBuf,
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+    log_dir: PathBuf,
+    port_base: u16,
+    next_id: u32,
+    workers: Vec<Worker>,
+}
+
+impl Pool {
+    fn running(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.iter().filter(|w| w.stopping_since.is_none())
+    }
+
+    fn start(&mut self) -> anyhow::Result<()> {
+        let used: Vec<u16> = self.workers.iter().map(|w| w.port).collect();
+        let port = (self.port_base..u16::MAX)
+            .find(|p| !used.contains(p))
+            .context("no free worker port")?;
+        let id = self.next_id;
+        self.next_id += 1;
+        let log = self.log_dir.join(format!("worker-{id}.log"));
+        let file = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let child = Command::new(&self.exe)
+            .arg("consume")
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.exe.display()))?;
+        tracing::info!(
+            "Started worker {id} (pid {}, metrics 127.0.0.1:{port}, log {})",
+            child.id(),
+            log.display()
+        );
+        self.workers.push(Worker {
+            id,
+            port,
+            child,
+            stopping_since: None,
+        });
+        Ok(())
+    }
+
+    /// Asks the newest running worker to stop (SIGTERM: finish, commit, leave the group).
+    fn stop_one(&mut self) {
+        if let Some(w) = self
+            .workers
+            .iter_mut()
+            .rev()
+            .find(|w| w.stopping_since.is_none())
+        {
+            signal_child(&w.child, libc::SIGTERM);
+            w.stopping_since = Some(Instant::now());
+            tracing::info!("Stopping worker {} (pid {})", w.id, w.child.id());
+        }
+    }
+
+    /// Reaps exited workers, kills those past the stop timeout; returns how many died
+    /// without being asked to stop.
+    fn reap(&mut self, stop_timeout: Duration) -> u32 {
+        let mut died = 0;
+        self.workers.retain_mut(|w| match w.child.try_wait() {
+            Ok(Some(status)) => {
+                if w.stopping_since.is_none() {
+                    tracing::warn!(
+                        "Worker {} exited unasked ({status}); it will be replaced",
+                        w.id
+                    );
+                    died += 1;
+                }
+                false
+            }
+            Ok(None) => {
+                if w.stopping_since
+                    .is_some_and(|since| since.elapsed() > stop_timeout)
+                {
+                    tracing::warn!(
+                        "Worker {} did not stop within {stop_timeout:?}; killing it",
+                        w.id
+                    );
+                    let _ = w.child.kill();
+                }
+                true
+            }
+            Err(_) => false,
+        });
+        died
+    }
+}
+
+fn signal_child(child: &Child, signal: i32) {
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
+}
+
+/// Whether a worker answers 200 on /readyz.
+fn ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+    else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(300)));
+    if write!(stream, "GET /readyz HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 16];
+    stream.read(&mut head).is_ok_and(|n| {
+        head[..n].starts_with(b"HTTP/1.1 200") || head[..n].starts_with(b"HTTP/1.0 200")
+    })
+}
+
+fn policy(args: &ScaleArgs, partitions: u32) -> anyhow::Result<Box<dyn Policy + Send>> {
+    Ok(match args.policy {
+        PolicyChoice::KedaLag => {
+            let path = args
+                .scaled_object
+                .as_ref()
+                .ok_or_else(|| UsageError("keda-lag needs --scaled-object".into()))?;
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                UsageError(format!(
+                    "cannot read --scaled-object {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let mut spec = parse_scaled_object(&text, &path.display().to_string())
+                .map_err(|e| UsageError(e.to_string()))?;
+            spec.hpa_sync_period = args.hpa_sync_period;
+            Box::new(KedaLag::new(spec))
+        }
+        PolicyChoice::EbbRate => {
+            let capacity = args.capacity.filter(|c| *c > 0.0).ok_or_else(|| {
+                UsageError("ebb-rate needs --capacity > 0 (msg/s per worker)".into())
+            })?;
+            let mut config = EbbRateConfig::new(capacity, args.max_replicas.max(1), partitions);
+            config.target_drain = args.target_drain;
+            config.idle_cooldown = args.idle_cooldown;
+            config.interval = args.interval;
+            config.up_settle = args.up_settle;
+            config.scale_down_window = args.scale_down_window;
+            Box::new(EbbRate::new(config))
+        }
+    })
+}
+
+pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
+    if args.interval.is_zero() {
+        return Err(UsageError("--interval / EBB_SCALE_INTERVAL must be > 0".into()).into());
+    }
+    let kafka = args.kafka.options()?;
+    let topic = Admin::new(&kafka)?.topic(&args.topic).await?;
+    let mut policy = policy(&args, topic.partitions as u32)?;
+
+    let mut registry = Registry::default();
+    let metrics = ScaleMetrics::register(&mut registry);
+    let probes = Arc::new(Probes::default());
+    let bound = serve(
+        args.metrics_addr,
+        standard_routes(Arc::new(registry), probes.clone()),
+        "--metrics-addr / EBB_SCALE_METRICS_ADDR",
+    )
+    .await?;
+
+    let log_dir = args
+        .worker_log_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("ebb-scale-{}", std::process::id())));
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("cannot create {}", log_dir.display()))?;
+    let mut env = vec![
+        ("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers.clone()),
+        (
+            "KAFKA_SECURITY_PROTOCOL",
+            kafka.security_protocol.as_str().to_string(),
+        ),
+        ("KAFKA_TOPIC", args.topic.clone()),
+        ("CONSUMER_GROUP", args.group.clone()),
+    ];
+    for (key, value) in [
+        ("KAFKA_SASL_MECHANISM", &kafka.sasl_mechanism),
+        ("KAFKA_SASL_USERNAME", &kafka.sasl_username),
+        ("KAFKA_SASL_PASSWORD", &kafka.sasl_password),
+        ("KAFKA_SSL_CA_LOCATION", &kafka.ssl_ca_location),
+        ("AWS_REGION", &kafka.aws_region),
+    ] {
+        if let Some(value) = value {
+            env.push((key, value.clone()));
+        }
+    }
+    let mut worker_args = Vec::new();
+    for (key, value) in &kafka.extra {
+        worker_args.push("-X".to_string());
+        worker_args.push(format!("{key}={value}"));
+    }
+    worker_args.extend(args.worker_args.iter().cloned());
+    let mut pool = Pool {
+        exe: std::env::current_exe().context("cannot find the ebb executable")?,
+        args: worker_args,
+        env,
+        log_dir: log_dir.clone(),
+        port_base: args.worker_port_base,
+        next_id: 1,
+        workers: Vec::new(),
+    };
+    let probe = Arc::new(LagProbe::new(
+        &kafka,
+        &args.group,
+        &args.topic,
+        topic.partitions,
+    )?);
+    tracing::info!(
+        "Scaling group {} on {} ({} partitions) with {}; HTTP on {bound}; worker logs in {}",
+        args.group,
+        args.topic,
+        topic.partitions,
+        policy.name(),
+        log_dir.display()
+    );
+    probes.set_ready(true);
+
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let started = Instant::now();
+    let mut desired = 0u32;
+    let mut previous: Option<(Instant, f64)> = None;
+    let mut last_report = Instant::now();
+    let mut ticker = tokio::time::interval(args.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+        let died = pool.reap(args.stop_timeout);
+        metrics.replaced.inc_by(died as u64);
+
+        let probe_now = probe.clone();
+        let rows = match tokio::task::spawn_blocking(move || probe_now.offsets()).await? {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!("Cannot measure lag: {e}; keeping {desired} worker(s)");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let log_end: f64 = rows.iter().map(|r| r.log_end as f64).sum();
+        let arrival_rate = previous.map_or(0.0, |(at, before)| {
+            (log_end - before).max(0.0) / now.duration_since(at).as_secs_f64().max(1e-3)
+        });
+        previous = Some((now, log_end));
+        let offsets: Vec<PartitionOffsets> = rows
+            .iter()
+            .map(|r| PartitionOffsets {
+                log_end: r.log_end as f64,
+                committed: r.committed.map(|c| c as f64),
+            })
+            .collect();
+        let total_lag: i64 = rows.iter().map(|r| r.lag).sum();
+        let ready_count = pool.running().filter(|w| ready(w.port)).count() as u32;
+        let observation = Observation {
+            now: started.elapsed(),
+            partitions: &offsets,
+            arrival_rate,
+            current_replicas: desired,
+            ready_replicas: ready_count,
+        };
+        if let Some(decision) = policy.decide(&observation) {
+            let direction = if decision.replicas > desired {
+                "up"
+            } else {
+                "down"
+            };
+            tracing::info!(
+                "Scale {direction} {desired} → {}: {}",
+                decision.replicas,
+                decision.reason
+            );
+            metrics
+                .decisions
+                .get_or_create(&DirectionLabel { direction })
+                .inc();
+            desired = decision.replicas;
+        }
+        while (pool.running().count() as u32) < desired {
+            if let Err(e) = pool.start() {
+                tracing::error!("Cannot start a worker: {e:#}");
+                break;
+            }
+        }
+        while (pool.running().count() as u32) > desired {
+            pool.stop_one();
+        }
+
+        metrics.desired.set(desired as i64);
+        metrics.current.set(pool.running().count() as i64);
+        metrics.ready.set(ready_count as i64);
+        metrics.lag.set(total_lag);
+        metrics.arrival_rate.set(arrival_rate);
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            tracing::info!(
+                "Lag: {total_lag}, In: {arrival_rate:.1} msg/s, Replicas: desired {desired}, running {}, ready {ready_count}",
+                pool.running().count()
+            );
+            last_report = Instant::now();
+        }
+    }
+
+    tracing::info!(
+        "Stopping: asking {} worker(s) to finish and leave",
+        pool.running().count()
+    );
+    probes.set_stopping();
+    while pool.running().count() > 0 {
+        pool.stop_one();
+    }
+    let deadline = Instant::now() + args.stop_timeout;
+    while !pool.workers.is_empty() {
+        pool.reap(args.stop_timeout);
+        if Instant::now() > deadline + Duration::from_secs(5) {
+            for w in &mut pool.workers {
+                let _ = w.child.kill();
+                let _ = w.child.wait();
+            }
+            pool.workers.clear();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::info!("Stopped; no worker left");
+    Ok(ExitCode::SUCCESS)
+}
