@@ -275,12 +275,13 @@ impl Hpa {
     fn limit_rate(&self, now: Duration, current: u32, desired: u32) -> (u32, bool) {
         let (min, max) = (self.spec.min_replicas, self.spec.max_replicas);
         if desired > current {
-            let limit = scale_up_limit(
+            let limit = rate_limit(
                 &self.spec.behavior.scale_up,
                 now,
                 current,
                 &self.scale_up_events,
                 &self.scale_down_events,
+                true,
             )
             .max(current);
             let allowed = max.min(limit);
@@ -290,12 +291,13 @@ impl Hpa {
                 (desired, false)
             }
         } else if desired < current {
-            let limit = scale_down_limit(
+            let limit = rate_limit(
                 &self.spec.behavior.scale_down,
                 now,
                 current,
                 &self.scale_up_events,
                 &self.scale_down_events,
+                false,
             )
             .min(current);
             let allowed = min.max(limit);
@@ -334,55 +336,35 @@ fn change_in_period(events: &[(Duration, u32)], now: Duration, period: Duration)
         .sum()
 }
 
-fn scale_up_limit(
+/// The most (scaling up) or the fewest (scaling down) replicas the rate policies allow
+/// now: upstream's calculateScaleUpLimitWithScalingRules and
+/// calculateScaleDownLimitWithBehaviors. Each policy counts from the replica count at the
+/// start of its period; `selectPolicy` Max takes the biggest change, Min the smallest.
+fn rate_limit(
     rules: &ScalingRules,
     now: Duration,
     current: u32,
     ups: &[(Duration, u32)],
     downs: &[(Duration, u32)],
+    up: bool,
 ) -> u32 {
-    let pick: fn(i64, i64) -> i64 = match rules.select_policy {
-        SelectPolicy::Disabled => return current,
-        SelectPolicy::Min => i64::min,
-        SelectPolicy::Max => i64::max,
+    let pick: fn(i64, i64) -> i64 = match (rules.select_policy, up) {
+        (SelectPolicy::Disabled, _) => return current,
+        (SelectPolicy::Max, true) | (SelectPolicy::Min, false) => i64::max,
+        (SelectPolicy::Min, true) | (SelectPolicy::Max, false) => i64::min,
     };
     let mut result: Option<i64> = None;
     for policy in &rules.policies {
         let start = current as i64 - change_in_period(ups, now, policy.period)
             + change_in_period(downs, now, policy.period);
-        let proposed = match policy.kind {
-            PolicyType::Pods => start + policy.value as i64,
+        let fraction = policy.value as f64 / 100.0;
+        let proposed = match (policy.kind, up) {
+            (PolicyType::Pods, true) => start + policy.value as i64,
+            (PolicyType::Pods, false) => start - policy.value as i64,
             // Rounded up, or a small deployment could never grow.
-            PolicyType::Percent => {
-                (start as f64 * (1.0 + policy.value as f64 / 100.0)).ceil() as i64
-            }
-        };
-        result = Some(result.map_or(proposed, |r| pick(r, proposed)));
-    }
-    result.unwrap_or(current as i64).max(0) as u32
-}
-
-fn scale_down_limit(
-    rules: &ScalingRules,
-    now: Duration,
-    current: u32,
-    ups: &[(Duration, u32)],
-    downs: &[(Duration, u32)],
-) -> u32 {
-    // For scaling down, the biggest change is the lowest count.
-    let pick: fn(i64, i64) -> i64 = match rules.select_policy {
-        SelectPolicy::Disabled => return current,
-        SelectPolicy::Min => i64::max,
-        SelectPolicy::Max => i64::min,
-    };
-    let mut result: Option<i64> = None;
-    for policy in &rules.policies {
-        let start = current as i64 - change_in_period(ups, now, policy.period)
-            + change_in_period(downs, now, policy.period);
-        let proposed = match policy.kind {
-            PolicyType::Pods => start - policy.value as i64,
+            (PolicyType::Percent, true) => (start as f64 * (1.0 + fraction)).ceil() as i64,
             // Truncated, as upstream's int32 conversion does.
-            PolicyType::Percent => (start as f64 * (1.0 - policy.value as f64 / 100.0)) as i64,
+            (PolicyType::Percent, false) => (start as f64 * (1.0 - fraction)) as i64,
         };
         result = Some(result.map_or(proposed, |r| pick(r, proposed)));
     }

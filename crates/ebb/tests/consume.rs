@@ -355,18 +355,6 @@ fn a_failing_sink_holds_the_partition_and_nothing_is_committed_past_it() {
     );
 }
 
-/// A sample's value from a Prometheus endpoint.
-fn metric(addr: &str, name: &str) -> Option<f64> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).ok()?;
-    body.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 #[test]
 fn bad_configuration_exits_2_and_names_the_setting() {
     let cases: [(&[&str], &str); 5] = [

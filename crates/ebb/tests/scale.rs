@@ -8,20 +8,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn metric(addr: &str, name: &str) -> Option<f64> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).ok()?;
-    body.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
-}
-
 fn worker_pids(port_base: u16) -> Vec<i32> {
     let out = std::process::Command::new("pgrep")
         // Workers listen on port_base..port_base + 9, which share all digits but the last.

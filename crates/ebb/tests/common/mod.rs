@@ -218,3 +218,18 @@ pub fn end_offsets(topic: &str) -> HashMap<i32, i64> {
     }
     ends
 }
+
+/// One sample's value from a Prometheus endpoint (the line whose name matches exactly).
+pub fn metric(addr: &str, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
