@@ -128,12 +128,25 @@ impl Sink for FileSink {
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .read(true)
                 .open(&self.path)
                 .map_err(|e| SinkError(format!("cannot open {}: {e}", self.path.display())))?;
+            // A process killed mid-write leaves a partial line; start on a fresh one.
+            let lines = if ends_mid_line(&mut file) {
+                [b"\n".as_slice(), &lines].concat()
+            } else {
+                lines
+            };
             file.write_all(&lines)
                 .map_err(|e| SinkError(format!("cannot write {}: {e}", self.path.display())))
         })
     }
+}
+
+fn ends_mid_line(file: &mut std::fs::File) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut last = [0u8; 1];
+    file.seek(SeekFrom::End(-1)).is_ok() && file.read_exact(&mut last).is_ok() && last[0] != b'\n'
 }
 
 /// JSON lines on standard output.
@@ -199,6 +212,25 @@ mod tests {
         let value: Trade = serde_json::from_str(lines[0]["value"].as_str().unwrap()).unwrap();
         assert_eq!(lines[0]["key"].as_str().unwrap(), value.account_id);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn file_sink_starts_a_new_line_after_a_partial_one() {
+        let path =
+            std::env::temp_dir().join(format!("ebb-sink-partial-{}.jsonl", std::process::id()));
+        std::fs::write(&path, "{\"partial\":").unwrap();
+        FileSink::new(path.clone())
+            .write("t", 0, &[accepted(1)])
+            .await
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(
+            serde_json::from_str::<serde_json::Value>(lines[1]).is_ok(),
+            "{text}"
+        );
+        std::fs::remove_file(path).unwrap();
     }
 
     #[tokio::test]

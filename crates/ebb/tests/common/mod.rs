@@ -141,7 +141,10 @@ pub fn sink_lines(path: &Path) -> Vec<(i32, i64)> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
     };
-    text.lines()
+    // A writer may be in the middle of a line (or was killed there): only whole lines count.
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    whole
+        .lines()
         .map(|line| {
             let v: serde_json::Value = serde_json::from_str(line).expect("sink line is JSON");
             (
