@@ -414,3 +414,31 @@ fn the_kip_848_consumer_protocol_consumes_everything() {
         "{audit:?}"
     );
 }
+
+#[test]
+fn batches_fill_up_while_the_worker_is_busy_instead_of_closing_small_on_the_clock() {
+    let topic = create_topic("natural-batching", 12);
+    let producer = spawn_producer(&topic, "800");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let consumer = ebb()
+        .args(["consume", "--topic", &topic, "--group", &unique("g"), "--metrics-addr", &addr])
+        .args(["--batch-size", "50", "--batch-processing-time", "0.5", "--max-in-flight", "2"])
+        .args(["--dead-letter-topic", "none"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("40 batches", Duration::from_secs(60), || {
+        metric(&addr, "ebb_consumer_batch_size_records_count").is_some_and(|n| n >= 40.0)
+    });
+    let sum = metric(&addr, "ebb_consumer_batch_size_records_sum").unwrap();
+    let count = metric(&addr, "ebb_consumer_batch_size_records_count").unwrap();
+    signal(&producer, libc::SIGTERM);
+    signal(&consumer, libc::SIGTERM);
+    assert!(finish(producer, Duration::from_secs(30)).status.success());
+    assert!(finish(consumer, Duration::from_secs(60)).status.success());
+    // 800 msg/s over 12 partitions is ~7 records per partition per 100 ms batch timeout;
+    // with the sink busy, batches must grow towards 50 instead.
+    assert!(sum / count >= 35.0, "average batch {:.1} records", sum / count);
+}

@@ -524,11 +524,22 @@ impl Context {
         let share = self.share(lanes.len());
         let mut held_back = 0;
         for lane in lanes.values_mut() {
-            if let Some(batch) = lane.builder.poll_timeout(now) {
+            // A timeout closes the open batch only when the partition's worker is free. While
+            // it is busy the batch keeps growing (up to its size), as the reference's
+            // blocking loop lets it: closing small batches on a clock while they queue up
+            // behind a slow sink would cut throughput to a few records per batch.
+            let worker_free = lane.state.queued_records.load(Ordering::SeqCst) == 0;
+            if worker_free && let Some(batch) = lane.builder.poll_timeout(now) {
                 self.dispatch(&lane.state, &lane.tx, batch);
             }
             if let Some(deadline) = lane.builder.deadline() {
-                next = next.min(deadline);
+                // A busy worker wakes the poll thread when it finishes a batch.
+                let due = if worker_free {
+                    deadline
+                } else {
+                    deadline.max(now + Duration::from_millis(20))
+                };
+                next = next.min(due);
             }
             if !lane.has_room(share) {
                 held_back += 1;
