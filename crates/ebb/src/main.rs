@@ -3,6 +3,7 @@
 
 mod args;
 mod consume;
+mod demo;
 mod lag;
 mod logging;
 mod produce;
@@ -42,6 +43,8 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Consume trades in micro-batches into a sink, with lag-safe rebalancing.
     Consume(consume::ConsumeArgs),
+    /// The whole elastic pipeline on this machine, with a live dashboard.
+    Demo(demo::DemoArgs),
     /// Show a consumer group's lag per partition, in records and in time.
     Lag(lag::LagArgs),
     /// Run consumer workers and scale them on lag, like KEDA + HPA, on this machine.
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
             Command::Topic(command) => topic::run(command).await,
             Command::Produce(args) => produce::run(args).await,
             Command::Consume(args) => consume::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
             Command::Lag(args) => lag::run(args).await,
             Command::Scale(args) => scale::run(args).await,
             Command::Sim(args) => sim::run_sim(args),

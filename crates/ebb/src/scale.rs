@@ -105,6 +105,9 @@ struct ScaleMetrics {
     current: Gauge,
     ready: Gauge,
     lag: Gauge,
+    log_end: Gauge,
+    committed: Gauge,
+    lag_target: Gauge<f64, AtomicU64>,
     arrival_rate: Gauge<f64, AtomicU64>,
     decisions: Family<DirectionLabel, Counter>,
     replaced: Counter,
@@ -117,6 +120,9 @@ impl ScaleMetrics {
             current: Gauge::default(),
             ready: Gauge::default(),
             lag: Gauge::default(),
+            log_end: Gauge::default(),
+            committed: Gauge::default(),
+            lag_target: Gauge::default(),
             arrival_rate: Gauge::default(),
             decisions: Family::default(),
             replaced: Counter::default(),
@@ -140,6 +146,21 @@ impl ScaleMetrics {
             "ebb_scale_lag",
             "The group's total lag on the topic",
             m.lag.clone(),
+        );
+        registry.register(
+            "ebb_scale_log_end_offsets",
+            "Sum of the topic's log-end offsets",
+            m.log_end.clone(),
+        );
+        registry.register(
+            "ebb_scale_committed_offsets",
+            "Sum of the group's committed offsets (log start where none)",
+            m.committed.clone(),
+        );
+        registry.register(
+            "ebb_scale_lag_target",
+            "The lag the policy aims at with the current workers",
+            m.lag_target.clone(),
         );
         registry.register(
             "ebb_scale_arrival_rate",
@@ -474,6 +495,9 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
         metrics.current.set(pool.running().count() as i64);
         metrics.ready.set(ready_count as i64);
         metrics.lag.set(total_lag);
+        metrics.log_end.set(log_end as i64);
+        metrics.committed.set(log_end as i64 - total_lag);
+        metrics.lag_target.set(policy.lag_target(desired));
         metrics.arrival_rate.set(arrival_rate);
         if last_report.elapsed() >= Duration::from_secs(5) {
             tracing::info!(

@@ -422,8 +422,23 @@ fn batches_fill_up_while_the_worker_is_busy_instead_of_closing_small_on_the_cloc
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let consumer = ebb()
-        .args(["consume", "--topic", &topic, "--group", &unique("g"), "--metrics-addr", &addr])
-        .args(["--batch-size", "50", "--batch-processing-time", "0.5", "--max-in-flight", "2"])
+        .args([
+            "consume",
+            "--topic",
+            &topic,
+            "--group",
+            &unique("g"),
+            "--metrics-addr",
+            &addr,
+        ])
+        .args([
+            "--batch-size",
+            "50",
+            "--batch-processing-time",
+            "0.5",
+            "--max-in-flight",
+            "2",
+        ])
         .args(["--dead-letter-topic", "none"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -440,5 +455,9 @@ fn batches_fill_up_while_the_worker_is_busy_instead_of_closing_small_on_the_cloc
     assert!(finish(consumer, Duration::from_secs(60)).status.success());
     // 800 msg/s over 12 partitions is ~7 records per partition per 100 ms batch timeout;
     // with the sink busy, batches must grow towards 50 instead.
-    assert!(sum / count >= 35.0, "average batch {:.1} records", sum / count);
+    assert!(
+        sum / count >= 35.0,
+        "average batch {:.1} records",
+        sum / count
+    );
 }
