@@ -19,6 +19,7 @@ use serde_yaml::{Mapping, Value};
 use crate::keda::ScaledObjectSpec;
 use crate::policy::EbbRateConfig;
 use crate::profile::RateProfile;
+use crate::scaledobject::join;
 use crate::sim::{Capacity, RebalanceKind, ServiceModel, SimConfig};
 
 /// Why a scenario could not be read.
@@ -188,11 +189,7 @@ impl Keys<'_> {
         for key in map.keys() {
             let key = key.as_str().unwrap_or("?");
             if !known.contains(&key) {
-                let at = if path.is_empty() {
-                    key.to_string()
-                } else {
-                    format!("{path}.{key}")
-                };
+                let at = join(path, key);
                 return Err(self.err(
                     &at,
                     format!("unknown setting; known here: {}", known.join(", ")),
@@ -208,11 +205,7 @@ impl Keys<'_> {
         path: &str,
         key: &str,
     ) -> Result<Option<Duration>, ScenarioError> {
-        let at = if path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{path}.{key}")
-        };
+        let at = join(path, key);
         match map.get(key) {
             None => Ok(None),
             Some(Value::Number(n)) => n
@@ -228,11 +221,7 @@ impl Keys<'_> {
     }
 
     fn number(&self, map: &Mapping, path: &str, key: &str) -> Result<Option<f64>, ScenarioError> {
-        let at = if path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{path}.{key}")
-        };
+        let at = join(path, key);
         match map.get(key) {
             None => Ok(None),
             Some(v) => v

@@ -64,6 +64,15 @@ enum DemoPolicy {
     KedaLag,
 }
 
+impl DemoPolicy {
+    fn name(self) -> &'static str {
+        match self {
+            DemoPolicy::EbbRate => "ebb-rate",
+            DemoPolicy::KedaLag => "keda-lag",
+        }
+    }
+}
+
 /// Each worker: batches of 50 taking 0.5 s, two in flight — 200 msg/s, so the spike needs
 /// several workers on a two-core machine without using much CPU.
 const WORKER_ARGS: [&str; 8] = [
@@ -340,10 +349,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut producer = spawn(&produce_args, &out.join("producer.log"))?;
     println!(
         "ebb demo: topic {topic}, traffic {profile} ({traffic_length:?}), policy {}; dashboard on http://{dashboard}/; logs in {}",
-        match args.policy {
-            DemoPolicy::EbbRate => "ebb-rate",
-            DemoPolicy::KedaLag => "keda-lag",
-        },
+        args.policy.name(),
         out.display()
     );
 
@@ -470,13 +476,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .copied()
         .unwrap_or(0.0);
     let summary = Summary {
-        policy: format!(
-            "demo-{}",
-            match args.policy {
-                DemoPolicy::EbbRate => "ebb-rate",
-                DemoPolicy::KedaLag => "keda-lag",
-            }
-        ),
+        policy: format!("demo-{}", args.policy.name()),
         max_lag: samples.iter().map(|s| s.lag).fold(0.0, f64::max),
         message_time_p50_s: waits.get(waits.len() / 2).copied().unwrap_or(0.0),
         message_time_p99_s: p99,
