@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing;
 use prometheus_client::registry::Registry;
 
 /// Liveness and readiness as the process itself judges them.
@@ -45,9 +45,9 @@ struct Shared {
 /// The standard routes; merge a command's own routes into it with [`Router::merge`].
 pub fn standard_routes(registry: Arc<Registry>, probes: Arc<Probes>) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+        .route("/metrics", routing::get(metrics))
+        .route("/healthz", routing::get(|| async { "ok\n" }))
+        .route("/readyz", routing::get(readyz))
         .with_state(Shared { registry, probes })
 }
 
@@ -93,4 +93,56 @@ pub async fn serve(addr: SocketAddr, router: Router, setting: &str) -> anyhow::R
         }
     });
     Ok(bound)
+}
+
+/// A plain HTTP/1.0 GET of an `http://host:port/path` URL, returning the status code and
+/// the body. For the local endpoints ebb itself talks to (workers' `/readyz` and
+/// `/metrics`, the AWS container-credentials endpoint); `timeout` bounds each step.
+pub fn get(
+    url: &str,
+    authorization: Option<&str>,
+    timeout: std::time::Duration,
+) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// endpoints are supported"))?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let address = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let socket = address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("{url}: cannot resolve {address}"))?;
+    let mut stream = TcpStream::connect_timeout(&socket, timeout)
+        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {authority}\r\n{auth}\r\n"
+    )
+    .map_err(|e| format!("cannot send to {address}: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("cannot read from {address}: {e}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{url}: malformed HTTP reply"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{url}: malformed HTTP status line"))?;
+    Ok((status, body.to_string()))
 }

@@ -141,42 +141,77 @@ impl LagProbe {
 
     /// Committed and log-end offsets of every partition (time lag not measured).
     pub fn offsets(&self) -> Result<Vec<PartitionLag>, AdminError> {
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..self.partitions as i32 {
-            tpl.add_partition(&self.topic, p);
-        }
+        let all = |offset: Offset| {
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..self.partitions as i32 {
+                let _ = tpl.add_partition_offset(&self.topic, p, offset);
+            }
+            tpl
+        };
         let committed = self
             .consumer
-            .committed_offsets(tpl, self.timeout)
+            .committed_offsets(all(Offset::Invalid), self.timeout)
             .map_err(|source| AdminError::Kafka {
                 context: format!("cannot read group {}'s committed offsets", self.group),
                 source,
             })?;
-        let mut rows = Vec::with_capacity(self.partitions);
-        for element in committed.elements_for_topic(&self.topic) {
-            let p = element.partition();
-            let (low, high) = self
-                .consumer
-                .fetch_watermarks(&self.topic, p, self.timeout)
-                .map_err(|source| AdminError::Kafka {
-                    context: format!("cannot read the offsets of {} [{p}]", self.topic),
-                    source,
-                })?;
-            let committed = match element.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            };
-            let lag = (high - committed.unwrap_or(low)).max(0);
-            rows.push(PartitionLag {
-                partition: p,
-                committed,
-                log_end: high,
-                lag,
-                time_lag_s: None,
-            });
-        }
+        // One ListOffsets request for every partition (the supervisor asks every second),
+        // rather than a watermark request per partition.
+        let ends = self.list_offsets(all(Offset::End))?;
+        let never_committed = committed
+            .elements_for_topic(&self.topic)
+            .iter()
+            .any(|e| !matches!(e.offset(), Offset::Offset(_)));
+        let starts = if never_committed {
+            self.list_offsets(all(Offset::Beginning))?
+        } else {
+            Default::default()
+        };
+        let mut rows: Vec<PartitionLag> = committed
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|element| {
+                let p = element.partition();
+                let committed = match element.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                let log_end = ends.get(&p).copied().unwrap_or(0);
+                let from = committed.unwrap_or_else(|| starts.get(&p).copied().unwrap_or(0));
+                PartitionLag {
+                    partition: p,
+                    committed,
+                    log_end,
+                    lag: (log_end - from).max(0),
+                    time_lag_s: None,
+                }
+            })
+            .collect();
         rows.sort_by_key(|r| r.partition);
         Ok(rows)
+    }
+
+    /// Log-start (`Offset::Beginning`) or log-end (`Offset::End`) offsets of the listed
+    /// partitions, in one request.
+    fn list_offsets(
+        &self,
+        which: TopicPartitionList,
+    ) -> Result<std::collections::HashMap<i32, i64>, AdminError> {
+        let listed = self
+            .consumer
+            .offsets_for_times(which, self.timeout)
+            .map_err(|source| AdminError::Kafka {
+                context: format!("cannot read the offsets of {}", self.topic),
+                source,
+            })?;
+        Ok(listed
+            .elements_for_topic(&self.topic)
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect())
     }
 }
 

@@ -4,8 +4,6 @@
 //! `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN` variables, or the container credentials
 //! endpoint that EKS Pod Identity and ECS provide.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -241,47 +239,18 @@ fn parse_container_credentials(body: &str) -> Result<AwsCredentials, String> {
     })
 }
 
-/// A plain-HTTP GET (the credentials endpoints are link-local HTTP), returning the body.
+/// A GET of the credentials endpoint (link-local, plain HTTP), returning the body.
 fn http_get(url: &str, authorization: Option<&str>) -> Result<String, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// endpoints are supported"))?;
-    let (authority, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-    let address = if authority.contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    let mut stream =
-        TcpStream::connect(&address).map_err(|e| format!("cannot connect to {address}: {e}"))?;
-    let timeout = Some(Duration::from_secs(5));
-    let _ = stream.set_read_timeout(timeout);
-    let _ = stream.set_write_timeout(timeout);
-    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {authority}\r\n{auth}Accept: application/json\r\n\r\n"
-    )
-    .map_err(|e| format!("cannot send to {address}: {e}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("cannot read from {address}: {e}"))?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{url}: malformed HTTP reply"))?;
-    let status = head.split_whitespace().nth(1).unwrap_or("?");
-    if status != "200" {
-        return Err(format!("{url} answered HTTP {status}"));
+    match crate::http::get(url, authorization, Duration::from_secs(5))? {
+        (200, body) => Ok(body),
+        (status, _) => Err(format!("{url} answered HTTP {status}")),
     }
-    Ok(body.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
 
     fn example_credentials() -> AwsCredentials {
         AwsCredentials {

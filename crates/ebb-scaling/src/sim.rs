@@ -195,7 +195,6 @@ pub fn simulate(config: &SimConfig, traffic: &RateProfile, policy: &mut dyn Poli
     let mut series = Vec::with_capacity(steps);
     let mut decisions = Vec::new();
     let mut waits: Vec<(f64, f64)> = Vec::new();
-    let mut last_event: Option<(f64, bool)> = None;
     let mut summary = Summary {
         policy: policy.name().to_string(),
         max_lag: lag,
@@ -273,19 +272,10 @@ pub fn simulate(config: &SimConfig, traffic: &RateProfile, policy: &mut dyn Poli
         summary.arrived += arriving;
         summary.processed += processed;
 
-        // The oldest waiting message arrived when cumulative arrivals passed `committed`.
         let message_time = if lag < 0.5 {
             0.0
         } else {
-            let i = arrivals_at.partition_point(|&(_, cumulative)| cumulative <= committed);
-            let came = match (i.checked_sub(1).map(|j| arrivals_at[j]), arrivals_at.get(i)) {
-                (Some((t0, a0)), Some(&(t1, a1))) if a1 > a0 => {
-                    t0 + (t1 - t0) * (committed - a0) / (a1 - a0)
-                }
-                (_, Some(&(t1, _))) => t1,
-                _ => end,
-            };
-            (end - came).max(0.0)
+            oldest_waiting(&arrivals_at, committed, end)
         };
         if processed > 0.0 {
             waits.push((message_time, processed));
@@ -317,15 +307,6 @@ pub fn simulate(config: &SimConfig, traffic: &RateProfile, policy: &mut dyn Poli
             desired = decision.replicas;
             let current = pods.len() as u32;
             if desired != current {
-                let up = desired > current;
-                if let Some((at, was_up)) = last_event
-                    && was_up != up
-                    && end - at < config.reversal_window.as_secs_f64()
-                {
-                    summary.reversals += 1;
-                }
-                last_event = Some((end, up));
-                summary.scale_events += 1;
                 decisions.push((end, desired, decision.reason));
             }
             if desired > current {
@@ -386,6 +367,8 @@ pub fn simulate(config: &SimConfig, traffic: &RateProfile, policy: &mut dyn Poli
     }
 
     summary.final_lag = lag;
+    (summary.scale_events, summary.reversals) =
+        scale_changes(config.initial_replicas, &series, config.reversal_window);
     let (p50, p99) = weighted_percentiles(&mut waits);
     summary.message_time_p50_s = p50;
     summary.message_time_p99_s = p99;
@@ -394,6 +377,45 @@ pub fn simulate(config: &SimConfig, traffic: &RateProfile, policy: &mut dyn Poli
         summary,
         decisions,
     }
+}
+
+/// Scale events (changes of the desired replica count, from `initial`) and reversals
+/// among them: a change opposite to the previous one within `window` (flapping).
+pub fn scale_changes(initial: u32, series: &[Sample], window: Duration) -> (u32, u32) {
+    let (mut events, mut reversals) = (0, 0);
+    let mut previous = initial;
+    let mut last: Option<(f64, bool)> = None;
+    for sample in series {
+        if sample.desired_replicas == previous {
+            continue;
+        }
+        let up = sample.desired_replicas > previous;
+        if let Some((at, was_up)) = last
+            && was_up != up
+            && sample.t_s - at < window.as_secs_f64()
+        {
+            reversals += 1;
+        }
+        events += 1;
+        last = Some((sample.t_s, up));
+        previous = sample.desired_replicas;
+    }
+    (events, reversals)
+}
+
+/// How long the oldest waiting message has waited at `now`, given `arrivals` — (time,
+/// messages arrived so far) in time order — and `consumed` messages already handled: it is
+/// the one that arrived when the count passed `consumed` (interpolated between samples).
+pub fn oldest_waiting(arrivals: &[(f64, f64)], consumed: f64, now: f64) -> f64 {
+    let i = arrivals.partition_point(|&(_, cumulative)| cumulative <= consumed);
+    let came = match (i.checked_sub(1).map(|j| arrivals[j]), arrivals.get(i)) {
+        (Some((t0, a0)), Some(&(t1, a1))) if a1 > a0 => {
+            t0 + (t1 - t0) * (consumed - a0) / (a1 - a0)
+        }
+        (_, Some(&(t1, _))) => t1,
+        _ => now,
+    };
+    (now - came).max(0.0)
 }
 
 /// Records the pause a membership change from `before` to `after` members causes.

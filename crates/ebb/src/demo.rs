@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,10 +19,11 @@ use clap::{Args, ValueEnum};
 use ebb_core::admin::{Admin, AdminError};
 use ebb_core::http::serve;
 use ebb_scaling::chart;
-use ebb_scaling::sim::{Sample, Summary, series_csv};
+use ebb_scaling::sim::{Sample, Summary, oldest_waiting, scale_changes, series_csv};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::args::{KafkaArgs, UsageError, parse_duration};
+use crate::scale::{signal_child, spawn_ebb};
 
 /// Run the whole elastic pipeline on this machine: a traffic spike, lag, scale-out, drain,
 /// scale to zero, with a live dashboard at --dashboard-addr. Ends with a summary (lost
@@ -143,34 +144,9 @@ async fn ensure_kafka(kafka: &ebb_core::KafkaOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn(args: &[String], log: &Path) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe().context("cannot find the ebb executable")?;
-    let file =
-        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-    Ok(Command::new(exe)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .spawn()?)
-}
-
-fn terminate(child: &Child) {
-    // SAFETY: kill(2) on a child we spawned and have not reaped.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-}
-
 fn scrape(port: u16) -> Option<std::collections::HashMap<String, f64>> {
-    use std::io::{Read, Write};
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).ok()?;
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let (_, body) = ebb_core::http::get(&url, None, Duration::from_secs(2)).ok()?;
     Some(
         body.lines()
             .filter(|l| !l.starts_with('#'))
@@ -332,7 +308,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     scale_args.push("--".into());
     scale_args.extend(WORKER_ARGS.map(String::from));
-    let mut scale = spawn(&scale_args, &out.join("scale.log"))?;
+    let mut scale = spawn_ebb(&scale_args, &[], &out.join("scale.log"))?;
 
     let mut produce_args: Vec<String> = vec![
         "produce".into(),
@@ -346,7 +322,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "--metrics-addr".to_string(),
         format!("127.0.0.1:{producer_port}"),
     ]);
-    let mut producer = spawn(&produce_args, &out.join("producer.log"))?;
+    let mut producer = spawn_ebb(&produce_args, &[], &out.join("producer.log"))?;
     println!(
         "ebb demo: topic {topic}, traffic {profile} ({traffic_length:?}), policy {}; dashboard on http://{dashboard}/; logs in {}",
         args.policy.name(),
@@ -394,14 +370,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         };
         previous = Some((t, log_end, committed));
         arrivals.push((t, log_end));
-        // The oldest waiting record arrived when the log end passed the committed offset.
         let message_time = if lag < 1.0 {
             0.0
         } else {
-            let i = arrivals.partition_point(|&(_, cumulative)| cumulative <= committed);
-            arrivals
-                .get(i)
-                .map_or(0.0, |&(came, _)| (t - came).max(0.0))
+            oldest_waiting(&arrivals, committed, t)
         };
         let current = get("ebb_scale_current_replicas") as u32;
         replica_seconds += current as f64;
@@ -433,9 +405,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    terminate(&producer);
+    signal_child(&producer, libc::SIGTERM);
     let _ = producer.wait();
-    terminate(&scale);
+    signal_child(&scale, libc::SIGTERM);
     let stopped = tokio::task::spawn_blocking(move || scale.wait()).await??;
     let producer_log = std::fs::read_to_string(out.join("producer.log")).unwrap_or_default();
     let delivered: u64 = producer_log
@@ -475,6 +447,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .get((waits.len() as f64 * 0.99) as usize)
         .copied()
         .unwrap_or(0.0);
+    let (scale_events, reversals) = scale_changes(0, &samples, Duration::from_secs(300));
     let summary = Summary {
         policy: format!("demo-{}", args.policy.name()),
         max_lag: samples.iter().map(|s| s.lag).fold(0.0, f64::max),
@@ -487,11 +460,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .map(|s| s.current_replicas)
             .max()
             .unwrap_or(0),
-        scale_events: samples
-            .windows(2)
-            .filter(|w| w[0].desired_replicas != w[1].desired_replicas)
-            .count() as u32,
-        reversals: 0,
+        scale_events,
+        reversals,
         sla_violation_s: samples.iter().filter(|s| s.message_time_s > 30.0).count() as f64,
         arrived: delivered as f64,
         processed: processed_unique as f64,

@@ -4,7 +4,7 @@
 //! starts or gracefully stops workers to match — what KEDA and the HPA do on Kubernetes.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -189,7 +189,6 @@ struct Worker {
 }
 
 struct Pool {
-    exe: PathBuf,
     args: Vec<String>,
     env: Vec<(&'static str, String)>,
     log_dir: PathBuf,
@@ -211,18 +210,13 @@ impl Pool {
         let id = self.next_id;
         self.next_id += 1;
         let log = self.log_dir.join(format!("worker-{id}.log"));
-        let file = std::fs::File::create(&log)
-            .with_context(|| format!("cannot create {}", log.display()))?;
-        let child = Command::new(&self.exe)
-            .arg("consume")
-            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("cannot start {}", self.exe.display()))?;
+        let mut args = vec![
+            "consume".to_string(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        args.extend(self.args.iter().cloned());
+        let child = spawn_ebb(&args, &self.env, &log)?;
         tracing::info!(
             "Started worker {id} (pid {}, metrics 127.0.0.1:{port}, log {})",
             child.id(),
@@ -284,7 +278,26 @@ impl Pool {
     }
 }
 
-fn signal_child(child: &Child, signal: i32) {
+/// Runs this `ebb` executable with `args` and extra `env`, its output going to `log`.
+pub(crate) fn spawn_ebb(
+    args: &[String],
+    env: &[(&str, String)],
+    log: &Path,
+) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("cannot find the ebb executable")?;
+    let file =
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    Command::new(&exe)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .with_context(|| format!("cannot start {}", exe.display()))
+}
+
+pub(crate) fn signal_child(child: &Child, signal: i32) {
     // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
     unsafe {
         libc::kill(child.id() as i32, signal);
@@ -293,20 +306,9 @@ fn signal_child(child: &Child, signal: i32) {
 
 /// Whether a worker answers 200 on /readyz.
 fn ready(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-    else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(300)));
-    if write!(stream, "GET /readyz HTTP/1.0\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut head = [0u8; 16];
-    stream.read(&mut head).is_ok_and(|n| {
-        head[..n].starts_with(b"HTTP/1.1 200") || head[..n].starts_with(b"HTTP/1.0 200")
-    })
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    ebb_core::http::get(&url, None, Duration::from_millis(300))
+        .is_ok_and(|(status, _)| status == 200)
 }
 
 fn policy(args: &ScaleArgs, partitions: u32) -> anyhow::Result<Box<dyn Policy + Send>> {
@@ -393,7 +395,6 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
     }
     worker_args.extend(args.worker_args.iter().cloned());
     let mut pool = Pool {
-        exe: std::env::current_exe().context("cannot find the ebb executable")?,
         args: worker_args,
         env,
         log_dir: log_dir.clone(),
