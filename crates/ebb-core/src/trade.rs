@@ -13,6 +13,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+mod scan;
+
 /// The symbols the reference producer draws from.
 pub const SYMBOLS: [&str; 7] = ["AAPL", "GOOGL", "MSFT", "AMZN", "TSLA", "META", "NVDA"];
 
@@ -85,8 +87,12 @@ impl<'a> TradeRef<'a> {
             None | Some([]) => return Err(InvalidTrade::Empty),
             Some(bytes) => bytes,
         };
-        let trade: TradeRef<'a> =
-            serde_json::from_slice(bytes).map_err(|e| InvalidTrade::Malformed(e.to_string()))?;
+        let trade = match scan::scan(bytes) {
+            Some(trade) => trade,
+            None => {
+                serde_json::from_slice(bytes).map_err(|e| InvalidTrade::Malformed(e.to_string()))?
+            }
+        };
         trade.check()?;
         Ok(trade)
     }

@@ -53,7 +53,7 @@ impl DeadLetters {
         &self,
         source_topic: &str,
         partition: i32,
-        record: &Record,
+        record: &Record<'_>,
         reason: &str,
     ) -> Result<(), SinkError> {
         let partition_text = partition.to_string();
@@ -76,11 +76,11 @@ impl DeadLetters {
                 value: Some(&offset_text),
             });
         let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
-        if let Some(key) = &record.key {
-            out = out.key(key.as_slice());
+        if let Some(key) = record.key {
+            out = out.key(key);
         }
-        if let Some(value) = &record.value {
-            out = out.payload(value.as_slice());
+        if let Some(value) = record.value {
+            out = out.payload(value);
         }
         if let Some(ts) = record.timestamp_ms {
             out = out.timestamp(ts);

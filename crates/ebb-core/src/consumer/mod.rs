@@ -26,6 +26,7 @@
 
 pub mod batch;
 pub mod dead_letter;
+pub mod fetch_queue;
 pub mod metrics;
 pub mod sink;
 
@@ -34,7 +35,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -46,6 +46,7 @@ use tokio::task::JoinHandle;
 
 use self::batch::{Batch, BatchBuilder, BatchLimits, Record};
 use self::dead_letter::DeadLetters;
+use self::fetch_queue::FetchQueue;
 use self::metrics::{ConsumerMetrics, KindLabel, PartitionLabel, StatusLabel};
 use self::sink::Sink;
 use crate::admin::{Admin, AdminError};
@@ -216,7 +217,7 @@ struct Lane {
     tx: mpsc::UnboundedSender<Batch>,
     /// The partition's own librdkafka queue (absent only if it could not be split off;
     /// its records then arrive on the consumer's main queue).
-    queue: Option<PartitionQueue<Context>>,
+    queue: Option<FetchQueue<Context>>,
     state: Arc<PartitionState>,
     worker: JoinHandle<()>,
 }
@@ -507,13 +508,14 @@ impl Context {
 
     /// Gives `partition` a librdkafka queue of its own, which wakes the poll thread when
     /// records arrive on it.
-    fn split_queue(&self, partition: i32) -> Option<PartitionQueue<Context>> {
+    fn split_queue(&self, partition: i32) -> Option<FetchQueue<Context>> {
         let consumer = self.consumer.get()?.upgrade()?;
-        let mut queue = consumer.split_partition_queue(&self.shared.topic, partition)?;
-        if let Some(poller) = self.shared.poller.get().cloned() {
-            queue.set_nonempty_callback(move || poller.unpark());
-        }
-        Some(queue)
+        let poller = self.shared.poller.get().cloned();
+        FetchQueue::split(&consumer, &self.shared.topic, partition, move || {
+            if let Some(poller) = &poller {
+                poller.unpark();
+            }
+        })
     }
 
     /// Closes timed-out batches and counts the partitions held back; returns when the
@@ -551,7 +553,7 @@ impl Context {
 
     /// Hands a closed batch to the partition's worker.
     fn dispatch(&self, state: &PartitionState, tx: &mpsc::UnboundedSender<Batch>, batch: Batch) {
-        let records = batch.records.len();
+        let records = batch.len();
         state.queued_records.fetch_add(records, Ordering::SeqCst);
         self.shared
             .buffered_records
@@ -576,40 +578,41 @@ impl Lane {
             && self.state.queued_records.load(Ordering::SeqCst) < share
     }
 
-    /// Adds a polled message to the open batch, dispatching the batch if it closed.
-    /// Returns the open batch's deadline, if one is open.
+    /// Adds a message from the consumer's main queue (see [`Lane::queue`]).
     fn take(
         &mut self,
         context: &Context,
         message: &BorrowedMessage<'_>,
         now: Instant,
     ) -> Option<Instant> {
-        take(
+        let record = Record {
+            offset: message.offset(),
+            key: message.key(),
+            value: message.payload(),
+            timestamp_ms: message.timestamp().to_millis(),
+        };
+        add(
             context,
             &mut self.builder,
             &self.state,
             &self.tx,
-            message,
+            record,
             now,
         )
     }
 }
 
-/// [`Lane::take`] on the lane's parts, for when its queue is borrowed by the message.
-fn take(
+/// Adds a record to a lane's open batch, dispatching the batch if it closed; returns the
+/// open batch's deadline, if one is open. Takes the lane's parts because its queue is
+/// borrowed while records are read from it.
+fn add(
     context: &Context,
     builder: &mut BatchBuilder,
     state: &PartitionState,
     tx: &mpsc::UnboundedSender<Batch>,
-    message: &BorrowedMessage<'_>,
+    record: Record<'_>,
     now: Instant,
 ) -> Option<Instant> {
-    let record = Record {
-        offset: message.offset(),
-        key: message.key().map(<[u8]>::to_vec),
-        value: message.payload().map(<[u8]>::to_vec),
-        timestamp_ms: message.timestamp().to_millis(),
-    };
     if let Some(batch) = builder.push(record, now) {
         context.dispatch(state, tx, batch);
     }
@@ -626,7 +629,7 @@ async fn run_worker(
             // What is left is dropped unprocessed; the release settles the counters.
             break;
         }
-        let records = batch.records.len();
+        let records = batch.len();
         shared.busy_batches.fetch_add(1, Ordering::SeqCst);
         handle_batch(&shared, &state, batch).await;
         shared.busy_batches.fetch_sub(1, Ordering::SeqCst);
@@ -651,7 +654,7 @@ async fn handle_batch(shared: &Shared, state: &PartitionState, batch: Batch) {
     shared
         .first_batch_ns
         .fetch_min(since_created, Ordering::Relaxed);
-    let count = batch.records.len();
+    let count = batch.len();
     let next_offset = batch.next_offset();
     tracing::debug!("Processing batch of {count} messages");
 
@@ -660,13 +663,13 @@ async fn handle_batch(shared: &Shared, state: &PartitionState, batch: Batch) {
         .map_or(0, |d| d.as_millis() as i64);
     let mut accepted = Vec::with_capacity(count);
     let mut rejected = Vec::new();
-    for record in batch.records {
+    for record in batch.records() {
         if let Some(ts) = record.timestamp_ms {
             metrics
                 .message_age
                 .observe((now_ms - ts).max(0) as f64 / 1000.0);
         }
-        match TradeRef::parse(record.value.as_deref()).map(|_| ()) {
+        match TradeRef::parse(record.value).map(|_| ()) {
             Ok(()) => accepted.push(record),
             Err(reason) => rejected.push((record, reason.to_string())),
         }
@@ -882,7 +885,7 @@ pub async fn start(
         // Bounded prefetch: the fetch queues (one per partition, as each is split off) and
         // the fetch responses (which live as long as any record in them) are the
         // consumer's largest memory users.
-        .set("queued.max.messages.kbytes", "512")
+        .set("queued.max.messages.kbytes", "1024")
         .set("max.partition.fetch.bytes", "262144")
         // librdkafka waits this long before fetching again once that queue is full; its
         // default (1 s) starves a consumer that drains the queue in milliseconds.
@@ -1035,28 +1038,27 @@ fn poll_loop(
             for lane in lanes.values_mut() {
                 let mut from_lane = 0;
                 while from_lane < slice && lane.has_room(share) {
-                    let Some(queue) = &lane.queue else { break };
-                    let message = match queue.poll(Duration::ZERO) {
-                        Some(Ok(message)) => message,
-                        Some(Err(e)) => {
-                            tracing::warn!("Kafka, partition {}: {e}", lane.state.partition);
-                            break;
+                    let Some(queue) = &mut lane.queue else { break };
+                    // Up to the end of the open batch, so room is checked between batches.
+                    let want = (lane.builder.limits().max_records - lane.builder.len())
+                        .min(slice - from_lane)
+                        .max(1);
+                    let got = queue.take(want, |record| {
+                        if let Some(deadline) = add(
+                            context,
+                            &mut lane.builder,
+                            &lane.state,
+                            &lane.tx,
+                            record,
+                            now,
+                        ) {
+                            next_sweep = next_sweep.min(deadline);
                         }
-                        None => break,
-                    };
-                    let deadline = take(
-                        context,
-                        &mut lane.builder,
-                        &lane.state,
-                        &lane.tx,
-                        &message,
-                        now,
-                    );
-                    drop(message);
-                    if let Some(deadline) = deadline {
-                        next_sweep = next_sweep.min(deadline);
+                    });
+                    from_lane += got;
+                    if got < want {
+                        break;
                     }
-                    from_lane += 1;
                 }
                 taken += from_lane;
             }

@@ -34,7 +34,7 @@ pub trait Sink: Send + Sync + 'static {
         &'a self,
         topic: &'a str,
         partition: i32,
-        records: &'a [Record],
+        records: &'a [Record<'a>],
     ) -> BoxFuture<'a, Result<(), SinkError>>;
 }
 
@@ -52,7 +52,7 @@ impl Sink for SimSink {
         &'a self,
         _: &'a str,
         _: i32,
-        records: &'a [Record],
+        records: &'a [Record<'a>],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         let pause = self.batch_time + self.message_time * records.len() as u32;
         Box::pin(async move {
@@ -75,7 +75,7 @@ struct Line<'a> {
     processed_ms: i64,
 }
 
-fn render(topic: &str, partition: i32, records: &[Record]) -> Vec<u8> {
+fn render(topic: &str, partition: i32, records: &[Record<'_>]) -> Vec<u8> {
     let processed_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -85,9 +85,9 @@ fn render(topic: &str, partition: i32, records: &[Record]) -> Vec<u8> {
             topic,
             partition,
             offset: r.offset,
-            key: r.key.as_deref().map(String::from_utf8_lossy),
+            key: r.key.map(String::from_utf8_lossy),
             timestamp: r.timestamp_ms,
-            value: r.value.as_deref().map(String::from_utf8_lossy),
+            value: r.value.map(String::from_utf8_lossy),
             processed_ms,
         };
         // A struct of strings and integers always serializes.
@@ -119,7 +119,7 @@ impl Sink for FileSink {
         &'a self,
         topic: &'a str,
         partition: i32,
-        records: &'a [Record],
+        records: &'a [Record<'a>],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let lines = render(topic, partition, records);
@@ -158,7 +158,7 @@ impl Sink for StdoutSink {
         &'a self,
         topic: &'a str,
         partition: i32,
-        records: &'a [Record],
+        records: &'a [Record<'a>],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let lines = render(topic, partition, records);
@@ -177,16 +177,29 @@ mod tests {
     use crate::trade::{Trade, TradeGenerator};
     use std::time::SystemTime;
 
-    fn accepted(offset: i64) -> Record {
+    /// A valid trade at `offset`, owning the bytes its [`Record`] borrows.
+    struct Accepted {
+        offset: i64,
+        key: String,
+        value: Vec<u8>,
+    }
+
+    impl Accepted {
+        fn record(&self) -> Record<'_> {
+            Record {
+                offset: self.offset,
+                key: Some(self.key.as_bytes()),
+                value: Some(&self.value),
+                timestamp_ms: Some(1),
+            }
+        }
+    }
+
+    fn accepted(offset: i64) -> Accepted {
         let mut generator = TradeGenerator::new(Some(offset as u64));
         let (mut key, mut value) = (String::new(), Vec::new());
         generator.next_record(SystemTime::now(), &mut key, &mut value);
-        Record {
-            offset,
-            key: Some(key.into_bytes()),
-            value: Some(value),
-            timestamp_ms: Some(1),
-        }
+        Accepted { offset, key, value }
     }
 
     #[tokio::test]
@@ -196,10 +209,11 @@ mod tests {
         let path = dir.join("out.jsonl");
         let _ = std::fs::remove_file(&path);
         let sink = FileSink::new(path.clone());
-        sink.write("t", 2, &[accepted(5), accepted(6)])
+        let (five, six, seven) = (accepted(5), accepted(6), accepted(7));
+        sink.write("t", 2, &[five.record(), six.record()])
             .await
             .unwrap();
-        sink.write("t", 2, &[accepted(7)]).await.unwrap();
+        sink.write("t", 2, &[seven.record()]).await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
@@ -220,7 +234,7 @@ mod tests {
             std::env::temp_dir().join(format!("ebb-sink-partial-{}.jsonl", std::process::id()));
         std::fs::write(&path, "{\"partial\":").unwrap();
         FileSink::new(path.clone())
-            .write("t", 0, &[accepted(1)])
+            .write("t", 0, &[accepted(1).record()])
             .await
             .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -236,7 +250,8 @@ mod tests {
     #[tokio::test]
     async fn file_sink_reports_an_unwritable_path() {
         let sink = FileSink::new(std::env::temp_dir());
-        let err = sink.write("t", 0, &[accepted(1)]).await.unwrap_err();
+        let one = accepted(1);
+        let err = sink.write("t", 0, &[one.record()]).await.unwrap_err();
         assert!(err.0.contains("cannot open"), "{err}");
     }
 
@@ -247,7 +262,8 @@ mod tests {
             message_time: Duration::from_millis(10),
         };
         let started = tokio::time::Instant::now();
-        sink.write("t", 0, &[accepted(1), accepted(2)])
+        let (one, two) = (accepted(1), accepted(2));
+        sink.write("t", 0, &[one.record(), two.record()])
             .await
             .unwrap();
         assert_eq!(started.elapsed(), Duration::from_millis(1020));
