@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 pub struct Probes {
     ready: AtomicBool,
     stopping: AtomicBool,
+    failing: AtomicUsize,
 }
 
 impl Probes {
@@ -30,9 +31,24 @@ impl Probes {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
-    /// Ready and not shutting down.
+    /// Something the process depends on (its sink's database, say) started failing; not
+    /// ready until each such failure has [`Probes::recovered`].
+    pub fn failed(&self) {
+        self.failing.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One failure reported through [`Probes::failed`] is over.
+    pub fn recovered(&self) {
+        let _ = self
+            .failing
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Ready, not shutting down, and nothing it depends on failing.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && !self.stopping.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed)
+            && !self.stopping.load(Ordering::Relaxed)
+            && self.failing.load(Ordering::Relaxed) == 0
     }
 }
 

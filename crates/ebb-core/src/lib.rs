@@ -7,14 +7,18 @@
 //! - [`trade`]: the trade record, its generator and its validation;
 //! - [`producer`]: the rate-controlled trade producer;
 //! - [`consumer`]: the micro-batch consumer runtime and its sinks;
+//! - [`postgres`]: the trades table, its idempotent batch insert and the reads of audits;
+//! - [`audit`]: a topic, its dead letters and the trades table compared, record by record;
 //! - [`http`]: `/metrics`, `/healthz` and `/readyz` for every server.
 
 pub mod admin;
+pub mod audit;
 pub mod consumer;
 pub mod http;
 pub mod kafka;
 pub mod lag;
 pub mod msk_iam;
+pub mod postgres;
 pub mod producer;
 pub mod trade;
 

@@ -1,9 +1,10 @@
-//! Support for ebb's integration tests: a real Kafka broker, started on demand, and names
-//! no other test uses.
+//! Support for ebb's integration tests: a real Kafka broker and a real PostgreSQL server,
+//! started on demand, and names no other test uses.
 //!
 //! Tests call [`kafka`] first. It starts the local broker through `scripts/kafka-local`
 //! (or reuses one already answering) once per test process, and panics with the fix when
-//! Java or Maven is missing. Tests never skip: without a broker they fail.
+//! Java or Maven is missing. [`postgres`] does the same for the local PostgreSQL server
+//! through `scripts/postgres-local`. Tests never skip: without them they fail.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -62,6 +63,55 @@ fn start_kafka() -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     format!("127.0.0.1:{}", kafka_port())
+}
+
+/// Runs `scripts/<script> <command>` and panics with its output if it fails.
+pub fn local_service(script: &str, command: &str) {
+    let path = repo_root().join("scripts").join(script);
+    let output = Command::new(&path)
+        .arg(command)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    assert!(
+        output.status.success(),
+        "`scripts/{script} {command}` failed.\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Makes sure the local PostgreSQL server runs and returns its URL. Panics with the fix
+/// when PostgreSQL is not installed.
+pub fn postgres() -> String {
+    static STARTED: OnceLock<String> = OnceLock::new();
+    STARTED
+        .get_or_init(|| {
+            local_service("postgres-local", "start");
+            postgres_url()
+        })
+        .clone()
+}
+
+/// The local PostgreSQL server's URL (it may not be running).
+pub fn postgres_url() -> String {
+    let port = std::env::var("EBB_PG_PORT").unwrap_or_else(|_| "55432".into());
+    format!("postgres://postgres@127.0.0.1:{port}/ebb")
+}
+
+/// Runs one SQL statement through `psql` and returns its unaligned output, trimmed.
+pub fn psql(url: &str, sql: &str) -> String {
+    let output = Command::new("psql")
+        .args([url, "-tAX", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run psql ({e}); install it with: apt-get install -y postgresql-client")
+        });
+    assert!(
+        output.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 /// A name no other test (in this run or an earlier one) uses: `prefix-<pid>-<n>-<time>`.

@@ -109,3 +109,44 @@ mod tests {
         assert!(parse_duration("soon").unwrap_err().contains("100ms"));
     }
 }
+
+/// How to reach the PostgreSQL database of the `postgres` sink and of `ebb audit`.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "PostgreSQL")]
+pub struct DatabaseArgs {
+    /// Connection URL, postgres://user:password@host:port/database (plain connections).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Table the trades go in, optionally schema.table; created if it does not exist.
+    #[arg(long, env = "EBB_DATABASE_TABLE", default_value = "trades")]
+    pub database_table: String,
+
+    /// Most connections open at once.
+    #[arg(long, env = "EBB_DATABASE_POOL_SIZE", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_pool_size: u32,
+
+    /// How long opening a connection may take.
+    #[arg(long, env = "EBB_DATABASE_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub database_connect_timeout: Duration,
+}
+
+impl DatabaseArgs {
+    /// The database, or a usage error naming the setting.
+    pub fn database(&self) -> Result<ebb_core::postgres::Database, UsageError> {
+        let url = self.database_url.clone().ok_or_else(|| {
+            UsageError(
+                "--database-url / DATABASE_URL is required (postgres://user:password@host:port/database)"
+                    .into(),
+            )
+        })?;
+        ebb_core::postgres::Database::new(&ebb_core::postgres::DatabaseOptions {
+            url,
+            table: self.database_table.clone(),
+            pool_size: self.database_pool_size as usize,
+            connect_timeout: self.database_connect_timeout,
+        })
+        .map_err(|e| UsageError(e.to_string()))
+    }
+}

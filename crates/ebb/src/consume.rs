@@ -10,13 +10,13 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use ebb_core::consumer::batch::BatchLimits;
 use ebb_core::consumer::metrics::ConsumerMetrics;
-use ebb_core::consumer::sink::{FileSink, SimSink, Sink, StdoutSink};
+use ebb_core::consumer::sink::{FileSink, PostgresSink, SimSink, Sink, StdoutSink};
 use ebb_core::consumer::{ConsumerSettings, GroupProtocol, RetryPolicy, start};
 use ebb_core::http::{Probes, serve, standard_routes};
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::args::{KafkaArgs, UsageError, parse_duration};
+use crate::args::{DatabaseArgs, KafkaArgs, UsageError, parse_duration};
 
 /// Consume trades in micro-batches and hand them to a sink, never losing or reordering
 /// records while consumers join and leave the group.
@@ -137,6 +137,9 @@ pub struct ConsumeArgs {
 
     #[command(flatten)]
     kafka: KafkaArgs,
+
+    #[command(flatten)]
+    database: DatabaseArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -153,6 +156,8 @@ enum SinkKind {
     File,
     /// Write JSON lines to standard output.
     Stdout,
+    /// A row per trade in a PostgreSQL table (--database-url), idempotent per record.
+    Postgres,
 }
 
 pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
@@ -185,6 +190,14 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             Arc::new(FileSink::new(path))
         }
         SinkKind::Stdout => Arc::new(StdoutSink),
+        SinkKind::Postgres => {
+            let database = args.database.database()?;
+            tracing::info!(
+                "Writing trades to PostgreSQL table {}",
+                database.table().as_str()
+            );
+            Arc::new(PostgresSink::new(database))
+        }
     };
     let dead_letter_topic = match args.dead_letter_topic.as_deref() {
         Some("none") => None,

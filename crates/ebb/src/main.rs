@@ -2,7 +2,9 @@
 //! sets up logging and hands over to one module per subcommand.
 
 mod args;
+mod audit;
 mod consume;
+mod db;
 mod demo;
 mod lag;
 mod logging;
@@ -53,6 +55,11 @@ enum Command {
     Sim(sim::SimArgs),
     /// Search ScaledObject parameters for the cheapest config that meets an SLA.
     Tune(sim::TuneArgs),
+    /// Check that a group's committed records landed in the table exactly once, in order.
+    Audit(audit::AuditArgs),
+    /// The PostgreSQL table of the postgres sink.
+    #[command(subcommand)]
+    Db(db::DbCommand),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +88,8 @@ fn main() -> ExitCode {
             Command::Scale(args) => scale::run(args).await,
             Command::Sim(args) => sim::run_sim(args),
             Command::Tune(args) => sim::run_tune(args),
+            Command::Audit(args) => audit::run(args).await,
+            Command::Db(command) => db::run(command).await,
         }
     });
     match result {

@@ -6,7 +6,9 @@
 //! - `file`: JSON lines (topic, partition, offset, key, timestamp, value, and
 //!   `processed_ms`, when the line was written), opened for append on each batch so the
 //!   file can be rotated or replaced under a running consumer;
-//! - `stdout`: the same lines on standard output.
+//! - `stdout`: the same lines on standard output;
+//! - `postgres`: a row per trade in a PostgreSQL table, one idempotent statement per batch
+//!   (see [`crate::postgres`]).
 
 use std::future::Future;
 use std::io::Write;
@@ -17,6 +19,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::batch::Record;
+use crate::postgres::{Database, TradeRow};
+use crate::trade::TradeRef;
 
 /// A boxed future, so sinks can be chosen at run time.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -167,6 +171,59 @@ impl Sink for StdoutSink {
                 .write_all(&lines)
                 .and_then(|()| stdout.flush())
                 .map_err(|e| SinkError(format!("cannot write to standard output: {e}")))
+        })
+    }
+}
+
+/// A row per trade in a PostgreSQL table; the table is created on the first batch if it
+/// does not exist.
+pub struct PostgresSink {
+    database: Database,
+    table_ready: tokio::sync::OnceCell<()>,
+}
+
+impl PostgresSink {
+    /// A sink writing through `database`.
+    pub fn new(database: Database) -> Self {
+        PostgresSink {
+            database,
+            table_ready: tokio::sync::OnceCell::new(),
+        }
+    }
+}
+
+impl Sink for PostgresSink {
+    fn write<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: i32,
+        records: &'a [Record<'a>],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let failed = |e: crate::postgres::DatabaseError| SinkError(e.to_string());
+            self.table_ready
+                .get_or_try_init(|| self.database.init())
+                .await
+                .map_err(failed)?;
+            let rows = records
+                .iter()
+                .map(|r| {
+                    // The runtime hands sinks only records that passed this same check.
+                    let trade = TradeRef::parse(r.value).map_err(|e| {
+                        SinkError(format!("offset {} is not a trade: {e}", r.offset))
+                    })?;
+                    Ok(TradeRow {
+                        offset: r.offset,
+                        record_time_ms: r.timestamp_ms,
+                        trade,
+                    })
+                })
+                .collect::<Result<Vec<_>, SinkError>>()?;
+            self.database
+                .insert(topic, partition, &rows)
+                .await
+                .map_err(failed)?;
+            Ok(())
         })
     }
 }

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub use ebb_testkit::{committed_offsets, free_port, kafka, produce_raw, read_topic, unique};
+pub use ebb_testkit::{
+    committed_offsets, free_port, kafka, local_service, postgres, produce_raw, psql, read_topic,
+    unique,
+};
 
 /// `ebb` with a clean environment for its settings, pointed at the test broker.
 pub fn ebb() -> Command {
@@ -18,6 +21,7 @@ pub fn ebb() -> Command {
             || key == "CONSUMER_GROUP"
             || key == "MESSAGES_PER_SECOND"
             || key == "MESSAGE_PROCESSING_TIME"
+            || key == "DATABASE_URL"
         {
             command.env_remove(key);
         }

@@ -1,0 +1,126 @@
+//! `ebb audit`: compare a topic, its dead letters and the trades table (see
+//! `ebb_core::audit`) and print what is missing, duplicated or out of order.
+
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use ebb_core::audit::{AuditReport, AuditSettings, PartitionAudit, run as audit};
+
+use crate::args::{DatabaseArgs, KafkaArgs, UsageError};
+
+/// Check that every record a consumer group committed landed exactly once: valid trades
+/// in the table (once each, one account's in offset order), the rest in the dead-letter
+/// topic. Exit 0 when all is well, 1 when a record is missing, duplicated, out of order
+/// or holds the wrong trade.
+#[derive(Args)]
+pub struct AuditArgs {
+    /// The consumer group whose committed offsets bound the check.
+    #[arg(long, env = "CONSUMER_GROUP", default_value = "tx-trade-workers")]
+    group: String,
+
+    /// The source topic.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "trade-tx")]
+    topic: String,
+
+    /// Where the group sends records that are not trades (`none` if it drops them).
+    /// Default: <topic>.dlq.
+    #[arg(long, env = "EBB_DEAD_LETTER_TOPIC")]
+    dead_letter_topic: Option<String>,
+
+    /// table (for people) or json (one object, for scripts).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+
+    #[command(flatten)]
+    kafka: KafkaArgs,
+
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let dead_letter_topic = match args.dead_letter_topic.as_deref() {
+        Some("none") => None,
+        Some("") => {
+            return Err(UsageError(
+                "--dead-letter-topic / EBB_DEAD_LETTER_TOPIC is empty; give a topic or `none`"
+                    .into(),
+            )
+            .into());
+        }
+        Some(name) => Some(name.to_string()),
+        None => Some(format!("{}.dlq", args.topic)),
+    };
+    let database = args.database.database()?;
+    let settings = AuditSettings {
+        topic: args.topic.clone(),
+        group: args.group.clone(),
+        dead_letter_topic,
+    };
+    let report = audit(&args.kafka.options()?, &database, &settings, |line| {
+        eprintln!("audit: {line}")
+    })
+    .await?;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Table => print_table(&args.topic, database.table().as_str(), &report),
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_table(topic: &str, table: &str, report: &AuditReport) {
+    println!("audit of {topic} against table {table}");
+    println!(
+        "{:>9} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8}",
+        "partition",
+        "committed",
+        "checked",
+        "stored",
+        "dlq",
+        "missing",
+        "dupes",
+        "order",
+        "mismatch",
+        "beyond"
+    );
+    let line = |name: String, a: &PartitionAudit| {
+        println!(
+            "{:>9} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8}",
+            name,
+            a.committed.map_or("-".to_string(), |c| c.to_string()),
+            a.checked,
+            a.stored,
+            a.dead_lettered,
+            a.missing,
+            a.duplicated,
+            a.out_of_order,
+            a.mismatched,
+            a.beyond_commit
+        );
+    };
+    for partition in &report.partitions {
+        line(partition.partition.to_string(), partition);
+    }
+    line("total".into(), &report.totals);
+    for example in &report.examples {
+        println!("  {example}");
+    }
+    println!(
+        "{}",
+        if report.ok {
+            "OK: every committed record is where it belongs, once, in order"
+        } else {
+            "FAILED: see the counts above"
+        }
+    );
+}

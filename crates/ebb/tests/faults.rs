@@ -1,0 +1,344 @@
+//! Fault injection with real Kafka and real PostgreSQL: consumers killed, the broker and
+//! the database restarted, the group churned, malformed records mixed in. Each scenario
+//! ends with `ebb audit`: every produced trade in the table exactly once, one account's
+//! rows in offset order, committed offsets never ahead of the table, and every malformed
+//! record in the dead-letter topic.
+//!
+//! The scenarios restart shared servers, so they run one at a time.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Child, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// One scenario at a time: some stop the broker or the database every test uses.
+static SERVERS: Mutex<()> = Mutex::new(());
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    SERVERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A topic with a producer, consumers writing to a table of their own, and the checks.
+struct Pipeline {
+    topic: String,
+    group: String,
+    table: String,
+    url: String,
+    producer: Option<Child>,
+    consumers: Vec<Consumer>,
+}
+
+struct Consumer {
+    child: Child,
+    metrics: String,
+}
+
+impl Pipeline {
+    fn start(prefix: &str, partitions: u32, rate: &str) -> Pipeline {
+        let url = postgres();
+        let topic = create_topic(prefix, partitions);
+        let table = format!("t_{}", unique(prefix).replace('-', "_"));
+        let producer = Some(spawn_producer(&topic, rate));
+        Pipeline {
+            group: unique(&format!("{prefix}-group")),
+            topic,
+            table,
+            url,
+            producer,
+            consumers: Vec::new(),
+        }
+    }
+
+    fn add_consumer(&mut self) {
+        let port = free_port();
+        let metrics = format!("127.0.0.1:{port}");
+        let child = ebb()
+            .args(["consume", "--topic", &self.topic, "--group", &self.group])
+            .args(["--sink", "postgres", "--database-url", &self.url])
+            .args(["--database-table", &self.table])
+            .args(["--batch-size", "100", "--batch-timeout", "0.05"])
+            .args(["--retry-max-backoff", "1s", "--commit-interval", "500ms"])
+            .args(["--session-timeout", "6s"])
+            .args(["--metrics-addr", &metrics])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn consumer");
+        self.consumers.push(Consumer { child, metrics });
+    }
+
+    /// Stops the producer and returns how many records the topic holds per partition.
+    fn stop_producing(&mut self) -> HashMap<i32, i64> {
+        if let Some(producer) = self.producer.take() {
+            signal(&producer, libc::SIGTERM);
+            let out = finish(producer, Duration::from_secs(60));
+            assert!(
+                out.status.success(),
+                "producer: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        end_offsets(&self.topic)
+    }
+
+    /// Waits until the group committed everything in `ends`.
+    fn drain(&self, ends: &HashMap<i32, i64>, limit: Duration) {
+        wait_until("the group to commit every record", limit, || {
+            let committed = committed_offsets(&kafka(), &self.group, &self.topic);
+            ends.iter()
+                .all(|(p, end)| committed.get(p).copied().unwrap_or(0) >= *end)
+        });
+    }
+
+    /// Stops every consumer gracefully.
+    fn stop_consumers(&mut self) {
+        for consumer in &self.consumers {
+            signal(&consumer.child, libc::SIGTERM);
+        }
+        for consumer in self.consumers.drain(..) {
+            finish(consumer.child, Duration::from_secs(60));
+        }
+    }
+
+    /// `ebb audit` as JSON; asserts it passes.
+    fn audit(&self) -> serde_json::Value {
+        let out = run(&[
+            "audit",
+            "--topic",
+            &self.topic,
+            "--group",
+            &self.group,
+            "--database-url",
+            &self.url,
+            "--database-table",
+            &self.table,
+            "--format",
+            "json",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let report: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "audit output is not JSON ({e}): {text}\nstderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert!(
+            out.status.success() && report["ok"] == true,
+            "audit failed: {report:#}"
+        );
+        report
+    }
+
+    /// The final audit after a drain: everything checked, and the table holds exactly the
+    /// valid trades.
+    fn audit_all(&self, ends: &HashMap<i32, i64>, malformed: u64) {
+        let report = self.audit();
+        let total: i64 = ends.values().sum();
+        let totals = &report["totals"];
+        assert_eq!(totals["checked"], total, "{report:#}");
+        assert_eq!(totals["dead_lettered"], malformed, "{report:#}");
+        assert_eq!(totals["stored"], total as u64 - malformed, "{report:#}");
+        for key in [
+            "missing",
+            "duplicated",
+            "out_of_order",
+            "mismatched",
+            "beyond_commit",
+        ] {
+            assert_eq!(totals[key], 0, "{key}: {report:#}");
+        }
+        let rows: i64 = psql(&self.url, &format!("SELECT count(*) FROM {}", self.table))
+            .parse()
+            .expect("count");
+        assert_eq!(rows, total - malformed as i64, "rows in {}", self.table);
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        if let Some(mut producer) = self.producer.take() {
+            let _ = producer.kill();
+            let _ = producer.wait();
+        }
+        for consumer in &mut self.consumers {
+            let _ = consumer.child.kill();
+            let _ = consumer.child.wait();
+        }
+    }
+}
+
+#[test]
+fn consumers_killed_20_times_lose_and_duplicate_nothing() {
+    let _servers = exclusive();
+    let mut pipeline = Pipeline::start("fault-kill", 6, "400");
+    for _ in 0..3 {
+        pipeline.add_consumer();
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    for round in 0..20 {
+        let victim = pipeline.consumers.remove(round % 3);
+        signal(&victim.child, libc::SIGKILL);
+        let _ = finish(victim.child, Duration::from_secs(10));
+        pipeline.add_consumer();
+        // Keep the new one in the same slot so the next kill hits the next oldest.
+        let replacement = pipeline.consumers.pop().expect("just added");
+        pipeline.consumers.insert(round % 3, replacement);
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+    // The contract holds at any moment, not only after a drain.
+    pipeline.audit();
+    let ends = pipeline.stop_producing();
+    pipeline.drain(&ends, Duration::from_secs(120));
+    pipeline.stop_consumers();
+    pipeline.audit_all(&ends, 0);
+}
+
+#[test]
+fn broker_restart_mid_stream_loses_and_duplicates_nothing() {
+    let _servers = exclusive();
+    let mut pipeline = Pipeline::start("fault-broker", 6, "300");
+    for _ in 0..2 {
+        pipeline.add_consumer();
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    local_service("kafka-local", "stop");
+    std::thread::sleep(Duration::from_secs(3));
+    local_service("kafka-local", "start");
+    std::thread::sleep(Duration::from_secs(8));
+    pipeline.audit();
+    let ends = pipeline.stop_producing();
+    pipeline.drain(&ends, Duration::from_secs(120));
+    pipeline.stop_consumers();
+    pipeline.audit_all(&ends, 0);
+}
+
+#[test]
+fn database_down_for_10_s_holds_partitions_and_loses_nothing() {
+    let _servers = exclusive();
+    let mut pipeline = Pipeline::start("fault-db", 6, "300");
+    for _ in 0..2 {
+        pipeline.add_consumer();
+    }
+    let metrics = pipeline.consumers[0].metrics.clone();
+    wait_until("the consumer to be ready", Duration::from_secs(30), || {
+        ready(&metrics) == Some(true)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    local_service("postgres-local", "stop");
+    let down = Instant::now();
+    // Not ready while its writes fail.
+    wait_until(
+        "/readyz to report the outage",
+        Duration::from_secs(8),
+        || ready(&metrics) == Some(false),
+    );
+    let committed_during = committed_offsets(&kafka(), &pipeline.group, &pipeline.topic);
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(down.elapsed()));
+    // Nothing was committed while the table could not be written.
+    assert_eq!(
+        committed_offsets(&kafka(), &pipeline.group, &pipeline.topic),
+        committed_during,
+        "offsets moved while the database was down"
+    );
+    local_service("postgres-local", "start");
+    wait_until("/readyz to recover", Duration::from_secs(30), || {
+        ready(&metrics) == Some(true)
+    });
+    pipeline.audit();
+    let ends = pipeline.stop_producing();
+    pipeline.drain(&ends, Duration::from_secs(120));
+    pipeline.stop_consumers();
+    pipeline.audit_all(&ends, 0);
+}
+
+#[test]
+fn consumers_joining_and_leaving_every_2_s_for_a_minute_lose_nothing() {
+    let _servers = exclusive();
+    let mut pipeline = Pipeline::start("fault-churn", 8, "400");
+    pipeline.add_consumer();
+    pipeline.add_consumer();
+    let started = Instant::now();
+    let mut step = 0u32;
+    while started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_secs(2));
+        step += 1;
+        // Between 1 and 4 consumers: grow on odd steps, shrink on even ones, with a
+        // drift up then down.
+        let grow = match pipeline.consumers.len() {
+            1 => true,
+            4 => false,
+            _ => step % 3 != 0,
+        };
+        if grow {
+            pipeline.add_consumer();
+        } else {
+            let leaving = pipeline.consumers.remove(0);
+            signal(&leaving.child, libc::SIGTERM);
+            let _ = finish(leaving.child, Duration::from_secs(40));
+        }
+    }
+    pipeline.audit();
+    let ends = pipeline.stop_producing();
+    pipeline.drain(&ends, Duration::from_secs(120));
+    pipeline.stop_consumers();
+    pipeline.audit_all(&ends, 0);
+}
+
+#[test]
+fn a_thousand_malformed_records_go_to_the_dead_letter_topic_and_the_rest_to_the_table() {
+    let _servers = exclusive();
+    let mut pipeline = Pipeline::start("fault-malformed", 6, "300");
+    pipeline.add_consumer();
+    pipeline.add_consumer();
+    let bad: Vec<Vec<u8>> = (0..1000)
+        .map(|i| match i % 4 {
+            0 => format!("not json {i}").into_bytes(),
+            1 => format!("{{\"account_id\":\"ACC{i}\"}}").into_bytes(),
+            2 => Vec::new(),
+            _ => format!("{{\"account_id\":\"ACC1\",\"trade_id\":\"T{i}\",\"symbol\":\"X\",\"trade_type\":\"HOLD\",\"quantity\":1,\"price\":1,\"timestamp\":\"2025-01-01T00:00:00Z\"}}").into_bytes(),
+        })
+        .collect();
+    // Mixed into the live stream in small bursts, keyed and not.
+    for (n, chunk) in bad.chunks(50).enumerate() {
+        let keys: Vec<String> = (0..chunk.len()).map(|i| format!("BAD{n}-{i}")).collect();
+        let records: Vec<(Option<&[u8]>, Option<&[u8]>)> = chunk
+            .iter()
+            .zip(&keys)
+            .enumerate()
+            .map(|(i, (value, key))| {
+                let key = (i % 2 == 0).then_some(key.as_bytes());
+                let value = (!value.is_empty()).then_some(value.as_slice());
+                (key, value)
+            })
+            .collect();
+        produce_raw(&kafka(), &pipeline.topic, &records);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ends = pipeline.stop_producing();
+    pipeline.drain(&ends, Duration::from_secs(120));
+    pipeline.stop_consumers();
+    pipeline.audit_all(&ends, 1000);
+    let letters = read_topic(
+        &kafka(),
+        &format!("{}.dlq", pipeline.topic),
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    );
+    assert!(letters.len() >= 1000, "{} dead letters", letters.len());
+}
+
+/// `/readyz` of a consumer: `Some(true)` for 200, `Some(false)` for 503, `None` when it
+/// does not answer.
+fn ready(addr: &str) -> Option<bool> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(stream, "GET /readyz HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?;
+    Some(status == "200")
+}
