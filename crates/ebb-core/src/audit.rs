@@ -266,15 +266,31 @@ pub async fn run(
         },
         None => None,
     };
+    // Committed offsets first, the table after: a running group may commit and write
+    // between the two reads, and only this order never shows a committed record the
+    // table (read later) does not have yet.
+    let committed: BTreeMap<i32, Option<i64>> = {
+        let (kafka, group, topic) = (
+            kafka.clone(),
+            settings.group.clone(),
+            settings.topic.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let probe = LagProbe::new(&kafka, &group, &topic, info.partitions)?;
+            Ok::<_, AdminError>(
+                probe
+                    .offsets()?
+                    .into_iter()
+                    .map(|p| (p.partition, p.committed))
+                    .collect(),
+            )
+        })
+        .await
+        .map_err(|e| AdminError::Unreachable(format!("audit aborted: {e}")))??
+    };
     let rows = database.rows(&settings.topic).await?;
     let (kafka, settings) = (kafka.clone(), settings.clone());
     let report = tokio::task::spawn_blocking(move || {
-        let probe = LagProbe::new(&kafka, &settings.group, &settings.topic, info.partitions)?;
-        let committed: BTreeMap<i32, Option<i64>> = probe
-            .offsets()?
-            .into_iter()
-            .map(|p| (p.partition, p.committed))
-            .collect();
         let ends: BTreeMap<i32, i64> = committed
             .iter()
             .map(|(&p, &c)| (p, c.unwrap_or(0)))
