@@ -307,7 +307,7 @@ fn a_thousand_malformed_records_go_to_the_dead_letter_topic_and_the_rest_to_the_
     // Mixed into the live stream in small bursts, keyed and not.
     for (n, chunk) in bad.chunks(50).enumerate() {
         let keys: Vec<String> = (0..chunk.len()).map(|i| format!("BAD{n}-{i}")).collect();
-        let records: Vec<(Option<&[u8]>, Option<&[u8]>)> = chunk
+        let records: Vec<RawRecord<'_>> = chunk
             .iter()
             .zip(&keys)
             .enumerate()

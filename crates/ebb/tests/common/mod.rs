@@ -7,8 +7,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub use ebb_testkit::{
-    committed_offsets, free_port, kafka, local_service, postgres, produce_raw, psql, read_topic,
-    unique,
+    RawRecord, committed_offsets, free_port, kafka, local_service, postgres, produce_raw, psql,
+    read_topic, unique,
 };
 
 /// `ebb` with a clean environment for its settings, pointed at the test broker.
