@@ -51,17 +51,7 @@ fn start_kafka() -> String {
             "integration tests need a local Kafka broker, which needs `{tool}`: {fix}"
         );
     }
-    let script = repo_root().join("scripts/kafka-local");
-    let output = Command::new(&script)
-        .arg("start")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        output.status.success(),
-        "`scripts/kafka-local start` failed; the tests need the local broker.\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    local_service("kafka-local", "start");
     format!("127.0.0.1:{}", kafka_port())
 }
 

@@ -84,6 +84,19 @@ fn parse_security_protocol(text: &str) -> Result<SecurityProtocol, String> {
     text.parse()
 }
 
+/// The dead-letter topic from `--dead-letter-topic`: `none` for none, `<topic>.dlq` when
+/// unset.
+pub fn dead_letter_topic(given: Option<&str>, topic: &str) -> Result<Option<String>, UsageError> {
+    match given {
+        Some("none") => Ok(None),
+        Some("") => Err(UsageError(
+            "--dead-letter-topic / EBB_DEAD_LETTER_TOPIC is empty; give a topic or `none`".into(),
+        )),
+        Some(name) => Ok(Some(name.to_string())),
+        None => Ok(Some(format!("{topic}.dlq"))),
+    }
+}
+
 /// A duration with a unit (`100ms`, `30s`, `5m`) or a plain number of seconds (`0.1`), so
 /// the reference's `*_SECONDS` variables keep working.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use ebb_core::audit::{AuditReport, AuditSettings, PartitionAudit, run as audit};
 
-use crate::args::{DatabaseArgs, KafkaArgs, UsageError};
+use crate::args::{DatabaseArgs, KafkaArgs, dead_letter_topic};
 
 /// Check that every record a consumer group committed landed exactly once: valid trades
 /// in the table (once each, one account's in offset order), the rest in the dead-letter
@@ -45,18 +45,7 @@ enum Format {
 }
 
 pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
-    let dead_letter_topic = match args.dead_letter_topic.as_deref() {
-        Some("none") => None,
-        Some("") => {
-            return Err(UsageError(
-                "--dead-letter-topic / EBB_DEAD_LETTER_TOPIC is empty; give a topic or `none`"
-                    .into(),
-            )
-            .into());
-        }
-        Some(name) => Some(name.to_string()),
-        None => Some(format!("{}.dlq", args.topic)),
-    };
+    let dead_letter_topic = dead_letter_topic(args.dead_letter_topic.as_deref(), &args.topic)?;
     let database = args.database.database()?;
     let settings = AuditSettings {
         topic: args.topic.clone(),

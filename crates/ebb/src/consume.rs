@@ -16,7 +16,7 @@ use ebb_core::http::{Probes, serve, standard_routes};
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::args::{DatabaseArgs, KafkaArgs, UsageError, parse_duration};
+use crate::args::{DatabaseArgs, KafkaArgs, UsageError, dead_letter_topic, parse_duration};
 
 /// Consume trades in micro-batches and hand them to a sink, never losing or reordering
 /// records while consumers join and leave the group.
@@ -199,18 +199,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             Arc::new(PostgresSink::new(database))
         }
     };
-    let dead_letter_topic = match args.dead_letter_topic.as_deref() {
-        Some("none") => None,
-        Some("") => {
-            return Err(UsageError(
-                "--dead-letter-topic / EBB_DEAD_LETTER_TOPIC is empty; give a topic or `none`"
-                    .into(),
-            )
-            .into());
-        }
-        Some(name) => Some(name.to_string()),
-        None => Some(format!("{}.dlq", args.topic)),
-    };
+    let dead_letter_topic = dead_letter_topic(args.dead_letter_topic.as_deref(), &args.topic)?;
     let settings = ConsumerSettings {
         limits: BatchLimits {
             max_records: args.batch_size as usize,

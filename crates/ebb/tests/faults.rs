@@ -104,7 +104,8 @@ impl Pipeline {
         }
     }
 
-    /// `ebb audit` as JSON; asserts it passes.
+    /// `ebb audit` as JSON; asserts it passes. Valid at any moment, with consumers
+    /// running, not only after a drain.
     fn audit(&self) -> serde_json::Value {
         let out = run(&[
             "audit",
@@ -133,8 +134,17 @@ impl Pipeline {
         report
     }
 
-    /// The final audit after a drain: everything checked, and the table holds exactly the
-    /// valid trades.
+    /// Stops producing, waits until the group committed everything, stops the consumers
+    /// and audits: everything checked, and the table holds exactly the valid trades (all
+    /// but `malformed`). Returns the topic and the records per partition.
+    fn drain_and_audit(mut self, malformed: u64) -> (String, HashMap<i32, i64>) {
+        let ends = self.stop_producing();
+        self.drain(&ends, Duration::from_secs(120));
+        self.stop_consumers();
+        self.audit_all(&ends, malformed);
+        (self.topic.clone(), ends)
+    }
+
     fn audit_all(&self, ends: &HashMap<i32, i64>, malformed: u64) {
         let report = self.audit();
         let total: i64 = ends.values().sum();
@@ -191,10 +201,7 @@ fn consumers_killed_20_times_lose_and_duplicate_nothing() {
     }
     // The contract holds at any moment, not only after a drain.
     pipeline.audit();
-    let ends = pipeline.stop_producing();
-    pipeline.drain(&ends, Duration::from_secs(120));
-    pipeline.stop_consumers();
-    pipeline.audit_all(&ends, 0);
+    pipeline.drain_and_audit(0);
 }
 
 #[test]
@@ -210,10 +217,7 @@ fn broker_restart_mid_stream_loses_and_duplicates_nothing() {
     local_service("kafka-local", "start");
     std::thread::sleep(Duration::from_secs(8));
     pipeline.audit();
-    let ends = pipeline.stop_producing();
-    pipeline.drain(&ends, Duration::from_secs(120));
-    pipeline.stop_consumers();
-    pipeline.audit_all(&ends, 0);
+    pipeline.drain_and_audit(0);
 }
 
 #[test]
@@ -251,10 +255,7 @@ fn database_down_for_10_s_holds_partitions_and_loses_nothing() {
         ready(&metrics) == Some(true)
     });
     pipeline.audit();
-    let ends = pipeline.stop_producing();
-    pipeline.drain(&ends, Duration::from_secs(120));
-    pipeline.stop_consumers();
-    pipeline.audit_all(&ends, 0);
+    pipeline.drain_and_audit(0);
 }
 
 #[test]
@@ -284,10 +285,7 @@ fn consumers_joining_and_leaving_every_2_s_for_a_minute_lose_nothing() {
         }
     }
     pipeline.audit();
-    let ends = pipeline.stop_producing();
-    pipeline.drain(&ends, Duration::from_secs(120));
-    pipeline.stop_consumers();
-    pipeline.audit_all(&ends, 0);
+    pipeline.drain_and_audit(0);
 }
 
 #[test]
@@ -320,13 +318,10 @@ fn a_thousand_malformed_records_go_to_the_dead_letter_topic_and_the_rest_to_the_
         produce_raw(&kafka(), &pipeline.topic, &records);
         std::thread::sleep(Duration::from_millis(200));
     }
-    let ends = pipeline.stop_producing();
-    pipeline.drain(&ends, Duration::from_secs(120));
-    pipeline.stop_consumers();
-    pipeline.audit_all(&ends, 1000);
+    let (topic, _) = pipeline.drain_and_audit(1000);
     let letters = read_topic(
         &kafka(),
-        &format!("{}.dlq", pipeline.topic),
+        &format!("{topic}.dlq"),
         Duration::from_secs(2),
         Duration::from_secs(60),
     );
