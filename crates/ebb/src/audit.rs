@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use ebb_core::audit::{AuditReport, AuditSettings, PartitionAudit, run as audit};
 
 use crate::args::{DatabaseArgs, KafkaArgs, dead_letter_topic};
@@ -27,21 +27,15 @@ pub struct AuditArgs {
     #[arg(long, env = "EBB_DEAD_LETTER_TOPIC")]
     dead_letter_topic: Option<String>,
 
-    /// table (for people) or json (one object, for scripts).
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
+    /// Print JSON (one object, for scripts) instead of a table.
+    #[arg(long, env = "EBB_JSON")]
+    json: bool,
 
     #[command(flatten)]
     kafka: KafkaArgs,
 
     #[command(flatten)]
     database: DatabaseArgs,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
-    Table,
-    Json,
 }
 
 pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
@@ -56,9 +50,10 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         eprintln!("audit: {line}")
     })
     .await?;
-    match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Format::Table => print_table(&args.topic, database.table().as_str(), &report),
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&args.topic, database.table().as_str(), &report);
     }
     Ok(if report.ok {
         ExitCode::SUCCESS

@@ -18,7 +18,7 @@ pub struct LagArgs {
     #[arg(long, env = "KAFKA_TOPIC", default_value = "trade-tx")]
     topic: String,
     /// Print JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, env = "EBB_JSON")]
     json: bool,
     #[command(flatten)]
     kafka: KafkaArgs,

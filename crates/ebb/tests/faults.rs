@@ -117,8 +117,7 @@ impl Pipeline {
             &self.url,
             "--database-table",
             &self.table,
-            "--format",
-            "json",
+            "--json",
         ]);
         let text = String::from_utf8_lossy(&out.stdout);
         let report: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
