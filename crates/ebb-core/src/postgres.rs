@@ -25,10 +25,13 @@
 //! );
 //! ```
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use postgres_openssl::MakeTlsConnector;
 use tokio_postgres::NoTls;
 use tokio_postgres::config::SslMode;
 
@@ -67,8 +70,12 @@ impl From<tokio_postgres::Error> for DatabaseError {
         let mut text = e.to_string();
         let mut source = std::error::Error::source(&e);
         while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
+            let cause_text = cause.to_string();
+            // OpenSSL's errors repeat their whole stack at each level.
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
             source = cause.source();
         }
         DatabaseError::Unavailable(text)
@@ -86,6 +93,36 @@ pub struct DatabaseOptions {
     pub pool_size: usize,
     /// How long opening a connection may take.
     pub connect_timeout: Duration,
+    /// CA certificates (PEM) to verify the server with (Amazon RDS's bundle, say); the
+    /// system's store when `None`.
+    pub ssl_root_cert: Option<PathBuf>,
+}
+
+/// TLS for `sslmode=prefer` (the default: TLS when the server offers it) and `require`.
+/// As with libpq, those modes encrypt without checking who answers; given `root_cert`,
+/// the server's certificate must also chain to it and name the host connected to (what
+/// libpq calls verify-full).
+fn tls_connector(root_cert: Option<&PathBuf>) -> Result<MakeTlsConnector, DatabaseError> {
+    let failed =
+        |e: openssl::error::ErrorStack| DatabaseError::Config(format!("PostgreSQL TLS setup: {e}"));
+    let mut builder = SslConnector::builder(SslMethod::tls()).map_err(failed)?;
+    let verify = root_cert.is_some();
+    match root_cert {
+        Some(path) => builder.set_ca_file(path).map_err(|e| {
+            DatabaseError::Config(format!(
+                "--database-ssl-root-cert / EBB_DATABASE_SSL_ROOT_CERT: cannot load {}: {e}; \
+                 give a PEM file of CA certificates",
+                path.display()
+            ))
+        })?,
+        None => builder.set_verify(SslVerifyMode::NONE),
+    }
+    let mut connector = MakeTlsConnector::new(builder.build());
+    connector.set_callback(move |config, _| {
+        config.set_verify_hostname(verify);
+        Ok(())
+    });
+    Ok(connector)
 }
 
 /// A validated table name, quoted for use in SQL.
@@ -172,13 +209,6 @@ impl Database {
                 "--database-url / DATABASE_URL: {e}; expected postgres://user:password@host:port/database"
             ))
         })?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(DatabaseError::Config(
-                "--database-url / DATABASE_URL: sslmode=require is not supported yet; use \
-                 sslmode=disable or prefer (plain connections)"
-                    .into(),
-            ));
-        }
         if config.get_hosts().is_empty() {
             return Err(DatabaseError::Config(
                 "--database-url / DATABASE_URL: no host; expected postgres://user@host:port/database"
@@ -191,13 +221,15 @@ impl Database {
                 "--database-pool-size / EBB_DATABASE_POOL_SIZE must be at least 1".into(),
             ));
         }
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = || ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = if config.get_ssl_mode() == SslMode::Disable {
+            Manager::from_config(config, NoTls, manager_config())
+        } else {
+            let tls = tls_connector(options.ssl_root_cert.as_ref())?;
+            Manager::from_config(config, tls, manager_config())
+        };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size)
             .runtime(Runtime::Tokio1)
@@ -351,12 +383,17 @@ mod tests {
             table: "trades".into(),
             pool_size: 2,
             connect_timeout: Duration::from_secs(1),
+            ssl_root_cert: None,
         }
     }
 
     #[tokio::test]
     async fn bad_urls_name_the_setting() {
-        for url in ["nonsense://", "postgres://u@h/db?sslmode=require", "user=x"] {
+        for url in [
+            "nonsense://",
+            "postgres://u@h/db?sslmode=sometimes",
+            "user=x",
+        ] {
             match Database::new(&options(url)) {
                 Err(DatabaseError::Config(text)) => {
                     assert!(text.contains("DATABASE_URL"), "{text}")
@@ -366,5 +403,19 @@ mod tests {
             }
         }
         assert!(Database::new(&options("postgres://u@127.0.0.1:5/db")).is_ok());
+        assert!(Database::new(&options("postgres://u@127.0.0.1:5/db?sslmode=require")).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_missing_root_certificate_names_the_setting() {
+        let mut options = options("postgres://u@127.0.0.1:5/db?sslmode=require");
+        options.ssl_root_cert = Some("/nonexistent/ca.pem".into());
+        match Database::new(&options) {
+            Err(DatabaseError::Config(text)) => {
+                assert!(text.contains("EBB_DATABASE_SSL_ROOT_CERT"), "{text}")
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("accepted"),
+        }
     }
 }

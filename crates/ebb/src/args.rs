@@ -127,9 +127,15 @@ mod tests {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "PostgreSQL")]
 pub struct DatabaseArgs {
-    /// Connection URL, postgres://user:password@host:port/database (plain connections).
+    /// Connection URL, postgres://user:password@host:port/database. TLS follows its
+    /// sslmode: prefer (the default: TLS when the server offers it), require, or disable.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+
+    /// CA certificates (PEM) to verify the server's TLS certificate with, e.g. Amazon RDS's
+    /// bundle; the system's store when unset.
+    #[arg(long, env = "EBB_DATABASE_SSL_ROOT_CERT")]
+    pub database_ssl_root_cert: Option<std::path::PathBuf>,
 
     /// Table the trades go in, optionally schema.table; created if it does not exist.
     #[arg(long, env = "EBB_DATABASE_TABLE", default_value = "trades")]
@@ -159,6 +165,7 @@ impl DatabaseArgs {
             table: self.database_table.clone(),
             pool_size: self.database_pool_size as usize,
             connect_timeout: self.database_connect_timeout,
+            ssl_root_cert: self.database_ssl_root_cert.clone(),
         })
         .map_err(|e| UsageError(e.to_string()))
     }

@@ -34,7 +34,8 @@ where
 /// Installs the global subscriber. `filter` is a level or `EnvFilter` directives.
 pub fn init(filter: &str) -> Result<(), String> {
     // librdkafka repeats connection failures many times a second; ebb reports those itself.
-    let directives = format!("librdkafka=error,rdkafka=error,{filter}");
+    // PostgreSQL's notices ("relation already exists, skipping") are not news either.
+    let directives = format!("librdkafka=error,rdkafka=error,tokio_postgres=warn,{filter}");
     let filter = EnvFilter::try_new(&directives).map_err(|e| e.to_string())?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
