@@ -330,9 +330,17 @@ impl Database {
         Ok(inserted)
     }
 
-    /// Every row of `topic`, by partition and offset.
+    /// Every row of `topic`, by partition and offset; none if the table does not exist
+    /// (the sink creates it with its first batch).
     pub async fn rows(&self, topic: &str) -> Result<Vec<StoredRow>, DatabaseError> {
         let client = self.pool.get().await?;
+        let exists: bool = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&self.table.quoted])
+            .await?
+            .try_get(0)?;
+        if !exists {
+            return Ok(Vec::new());
+        }
         let sql = format!(
             "SELECT kafka_partition, kafka_offset, trade_id, account_id, write_seq FROM {t} \
              WHERE kafka_topic = $1 ORDER BY kafka_partition, kafka_offset, write_seq",
@@ -358,6 +366,34 @@ impl Database {
         let client = self.pool.get().await?;
         client.simple_query("SELECT 1").await?;
         Ok(())
+    }
+
+    /// Pings the database every `every`, forever, and keeps `probes` not ready while it
+    /// does not answer: a consumer with nothing to write still says its database is gone.
+    pub async fn watch(self, probes: std::sync::Arc<crate::http::Probes>, every: Duration) {
+        let mut down = false;
+        loop {
+            match tokio::time::timeout(every.max(Duration::from_secs(1)), self.ping()).await {
+                Ok(Ok(())) if down => {
+                    down = false;
+                    probes.recovered();
+                    tracing::info!("PostgreSQL answers again");
+                }
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if !down => {
+                    down = true;
+                    probes.failed();
+                    tracing::warn!("{e}; not ready until it answers");
+                }
+                Err(_) if !down => {
+                    down = true;
+                    probes.failed();
+                    tracing::warn!("PostgreSQL does not answer; not ready until it does");
+                }
+                _ => {}
+            }
+            tokio::time::sleep(every).await;
+        }
     }
 }
 

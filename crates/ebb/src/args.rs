@@ -149,11 +149,21 @@ pub struct DatabaseArgs {
     /// How long opening a connection may take.
     #[arg(long, env = "EBB_DATABASE_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub database_connect_timeout: Duration,
+
+    /// How often the postgres sink checks that the database answers; /readyz is 503 while
+    /// it does not.
+    #[arg(long, env = "EBB_DATABASE_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub database_check_interval: Duration,
 }
 
 impl DatabaseArgs {
     /// The database, or a usage error naming the setting.
     pub fn database(&self) -> Result<ebb_core::postgres::Database, UsageError> {
+        if self.database_check_interval.is_zero() {
+            return Err(UsageError(
+                "--database-check-interval / EBB_DATABASE_CHECK_INTERVAL must be > 0".into(),
+            ));
+        }
         let url = self.database_url.clone().ok_or_else(|| {
             UsageError(
                 "--database-url / DATABASE_URL is required (postgres://user:password@host:port/database)"

@@ -177,6 +177,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             UsageError("--batch-timeout / BATCH_TIMEOUT_SECONDS must be > 0".into()).into(),
         );
     }
+    let mut database = None;
     let sink: Arc<dyn Sink> = match args.sink {
         SinkKind::Sim => Arc::new(SimSink {
             batch_time: args.batch_processing_time,
@@ -191,12 +192,10 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         }
         SinkKind::Stdout => Arc::new(StdoutSink),
         SinkKind::Postgres => {
-            let database = args.database.database()?;
-            tracing::info!(
-                "Writing trades to PostgreSQL table {}",
-                database.table().as_str()
-            );
-            Arc::new(PostgresSink::new(database))
+            let db = args.database.database()?;
+            tracing::info!("Writing trades to PostgreSQL table {}", db.table().as_str());
+            database = Some(db.clone());
+            Arc::new(PostgresSink::new(db))
         }
     };
     let dead_letter_topic = dead_letter_topic(args.dead_letter_topic.as_deref(), &args.topic)?;
@@ -240,6 +239,9 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     let mut registry = Registry::default();
     let metrics = ConsumerMetrics::register(&mut registry);
     let probes = Arc::new(Probes::default());
+    if let Some(database) = database {
+        tokio::spawn(database.watch(probes.clone(), args.database.database_check_interval));
+    }
     let bound = serve(
         args.metrics_addr,
         standard_routes(Arc::new(registry), probes.clone()),
