@@ -371,7 +371,7 @@ impl TradeProducer {
                 }
                 sent += 1;
                 self.metrics.sent.inc();
-                if sent % 1024 == 0 && stop.load(Ordering::Relaxed) {
+                if sent.is_multiple_of(1024) && stop.load(Ordering::Relaxed) {
                     break 'pacing;
                 }
             }

@@ -140,7 +140,8 @@ impl KafkaScaler {
             }
             if t.ensure_even_distribution_of_partitions && count > 0 && t.lag_threshold > 0.0 {
                 let needed = (metric_lag / t.lag_threshold).ceil() as usize;
-                if let Some(factor) = (1..=count).find(|f| count % f == 0 && *f >= needed) {
+                if let Some(factor) = (1..=count).find(|f| count.is_multiple_of(*f) && *f >= needed)
+                {
                     metric_lag = factor as f64 * t.lag_threshold;
                 }
             }

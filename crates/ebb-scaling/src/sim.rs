@@ -693,7 +693,7 @@ mod tests {
                 "flapping"
             }
             fn decide(&mut self, o: &Observation<'_>) -> Option<Decision> {
-                let want = if (o.now.as_secs() / 60) % 2 == 0 {
+                let want = if (o.now.as_secs() / 60).is_multiple_of(2) {
                     2
                 } else {
                     3

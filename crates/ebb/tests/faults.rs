@@ -307,7 +307,7 @@ fn consumers_joining_and_leaving_every_2_s_for_a_minute_lose_nothing() {
         let grow = match pipeline.consumers.len() {
             1 => true,
             4 => false,
-            _ => step % 3 != 0,
+            _ => !step.is_multiple_of(3),
         };
         if grow {
             pipeline.add_consumer();

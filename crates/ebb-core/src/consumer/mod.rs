@@ -498,13 +498,13 @@ impl Context {
                     );
                 }
             }
-            if tpl.count() > 0 {
-                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                    shared.metrics.commit_failures.inc();
-                    tracing::warn!(
-                        "Final commit for released partitions failed: {e} (their last batches will be processed again)"
-                    );
-                }
+            if tpl.count() > 0
+                && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
+            {
+                shared.metrics.commit_failures.inc();
+                tracing::warn!(
+                    "Final commit for released partitions failed: {e} (their last batches will be processed again)"
+                );
             }
         }
         count

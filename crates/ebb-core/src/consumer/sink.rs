@@ -135,6 +135,10 @@ impl Sink for FileSink {
                 .read(true)
                 .open(&self.path)
                 .map_err(|e| SinkError(format!("cannot open {}: {e}", self.path.display())))?;
+            // Other processes may append to the same file (several consumers, one audit
+            // file): the check below and the write must be one step for all of them.
+            file.lock()
+                .map_err(|e| SinkError(format!("cannot lock {}: {e}", self.path.display())))?;
             // A process killed mid-write leaves a partial line; start on a fresh one.
             let lines = if ends_mid_line(&mut file) {
                 [b"\n".as_slice(), &lines].concat()
@@ -301,6 +305,38 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(lines[1]).is_ok(),
             "{text}"
         );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    /// Several writers (processes, in real use) append to one file that a killed writer
+    /// left mid-line: exactly one of them repairs the line, none leaves a blank one.
+    #[test]
+    fn writers_sharing_a_file_leave_no_blank_lines() {
+        let path =
+            std::env::temp_dir().join(format!("ebb-sink-shared-{}.jsonl", std::process::id()));
+        std::fs::write(&path, "{\"partial\":").unwrap();
+        std::thread::scope(|scope| {
+            for writer in 0..8 {
+                let path = path.clone();
+                scope.spawn(move || {
+                    // A sink and a runtime of its own: only the file lock keeps them apart.
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    let sink = FileSink::new(path);
+                    for batch in 0..25 {
+                        let record = accepted(writer * 100 + batch);
+                        runtime
+                            .block_on(sink.write("t", writer as i32, &[record.record()]))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1 + 8 * 25, "{text}");
+        assert!(lines.iter().all(|l| !l.is_empty()), "a blank line:\n{text}");
         std::fs::remove_file(path).unwrap();
     }
 
