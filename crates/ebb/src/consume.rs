@@ -177,6 +177,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             UsageError("--batch-timeout / BATCH_TIMEOUT_SECONDS must be > 0".into()).into(),
         );
     }
+    let mut registry = Registry::default();
     let mut database = None;
     let sink: Arc<dyn Sink> = match args.sink {
         SinkKind::Sim => Arc::new(SimSink {
@@ -195,7 +196,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             let db = args.database.database()?;
             tracing::info!("Writing trades to PostgreSQL table {}", db.table().as_str());
             database = Some(db.clone());
-            Arc::new(PostgresSink::new(db))
+            Arc::new(PostgresSink::new(db, &mut registry))
         }
     };
     let dead_letter_topic = dead_letter_topic(args.dead_letter_topic.as_deref(), &args.topic)?;
@@ -236,7 +237,6 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         ..ConsumerSettings::new(&args.topic, &args.group)
     };
 
-    let mut registry = Registry::default();
     let metrics = ConsumerMetrics::register(&mut registry);
     let probes = Arc::new(Probes::default());
     if let Some(database) = database {

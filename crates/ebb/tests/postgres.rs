@@ -67,34 +67,49 @@ fn a_replayed_topic_changes_nothing_in_the_table() {
     let topic = create_topic("pg-replay", 4);
     produce(&topic, 3000, "20000");
     let table = table_name("replay");
+    // Runs a consumer to its idle stop; returns its rows written and replayed, as its
+    // metrics last said.
     let consume = |group: &str| {
-        let out = run(&[
-            "consume",
-            "--topic",
-            &topic,
-            "--group",
-            group,
-            "--sink",
-            "postgres",
-            "--database-url",
-            &url,
-            "--database-ssl-root-cert",
-            &cert(),
-            "--database-table",
-            &table,
-            "--stop-after-idle",
-            "3s",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ]);
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut child = ebb()
+            .args(["consume", "--topic", &topic, "--group", group])
+            .args(["--sink", "postgres", "--database-url", &url])
+            .args([
+                "--database-ssl-root-cert",
+                &cert(),
+                "--database-table",
+                &table,
+            ])
+            .args(["--stop-after-idle", "3s", "--metrics-addr", &addr])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn consumer");
+        let mut seen = (0.0, 0.0);
+        let started = std::time::Instant::now();
+        while child.try_wait().expect("try_wait").is_none() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "no idle stop"
+            );
+            if let (Some(written), Some(replayed)) = (
+                metric(&addr, "ebb_postgres_rows_written_total"),
+                metric(&addr, "ebb_postgres_rows_replayed_total"),
+            ) {
+                seen = (written, replayed);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let out = child.wait_with_output().expect("output");
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        seen
     };
     let first = unique("pg-replay-a");
-    consume(&first);
+    assert_eq!(consume(&first), (3000.0, 0.0), "first pass: every row new");
     assert_eq!(count(&postgres(), &table), 3000);
     let last_write: i64 = psql(&postgres(), &format!("SELECT max(write_seq) FROM {table}"))
         .parse()
@@ -102,7 +117,11 @@ fn a_replayed_topic_changes_nothing_in_the_table() {
 
     // A second group reads the same records again: what a crash before a commit does.
     let second = unique("pg-replay-b");
-    consume(&second);
+    assert_eq!(
+        consume(&second),
+        (0.0, 3000.0),
+        "second pass: every row a replay"
+    );
     assert_eq!(count(&postgres(), &table), 3000, "replayed rows were added");
     let unchanged: i64 = psql(
         &postgres(),

@@ -18,6 +18,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+
 use super::batch::Record;
 use crate::postgres::{Database, TradeRow};
 use crate::trade::TradeRef;
@@ -184,14 +187,33 @@ impl Sink for StdoutSink {
 pub struct PostgresSink {
     database: Database,
     table_ready: tokio::sync::OnceCell<()>,
+    rows_written: Counter,
+    rows_replayed: Counter,
 }
 
 impl PostgresSink {
-    /// A sink writing through `database`.
-    pub fn new(database: Database) -> Self {
+    /// A sink writing through `database`, its metrics in `registry`:
+    /// `ebb_postgres_rows_written_total` (new rows) and `ebb_postgres_rows_replayed_total`
+    /// (records whose row was already there: a batch replayed after a crash or a
+    /// rebalance, which changed nothing).
+    pub fn new(database: Database, registry: &mut Registry) -> Self {
+        let rows_written = Counter::default();
+        let rows_replayed = Counter::default();
+        registry.register(
+            "ebb_postgres_rows_written",
+            "Rows the postgres sink added to its table",
+            rows_written.clone(),
+        );
+        registry.register(
+            "ebb_postgres_rows_replayed",
+            "Records the postgres sink found already in its table (replays; nothing changed)",
+            rows_replayed.clone(),
+        );
         PostgresSink {
             database,
             table_ready: tokio::sync::OnceCell::new(),
+            rows_written,
+            rows_replayed,
         }
     }
 }
@@ -223,10 +245,14 @@ impl Sink for PostgresSink {
                     })
                 })
                 .collect::<Result<Vec<_>, SinkError>>()?;
-            self.database
+            let written = self
+                .database
                 .insert(topic, partition, &rows)
                 .await
                 .map_err(failed)?;
+            self.rows_written.inc_by(written);
+            self.rows_replayed
+                .inc_by((rows.len() as u64).saturating_sub(written));
             Ok(())
         })
     }
