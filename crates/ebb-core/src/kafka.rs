@@ -92,6 +92,18 @@ impl Default for KafkaOptions {
     }
 }
 
+/// librdkafka's own log level: what the log filter lets through for target `librdkafka`,
+/// but never below warnings (which ebb's filter may still drop).
+fn librdkafka_log_level() -> RDKafkaLogLevel {
+    if tracing::enabled!(target: "librdkafka", tracing::Level::DEBUG) {
+        RDKafkaLogLevel::Debug
+    } else if tracing::enabled!(target: "librdkafka", tracing::Level::INFO) {
+        RDKafkaLogLevel::Info
+    } else {
+        RDKafkaLogLevel::Warning
+    }
+}
+
 impl KafkaOptions {
     /// Options for a broker at `bootstrap_servers` with everything else default.
     pub fn new(bootstrap_servers: impl Into<String>) -> Self {
@@ -101,7 +113,9 @@ impl KafkaOptions {
         }
     }
 
-    /// The base librdkafka configuration every ebb client starts from.
+    /// The base librdkafka configuration every ebb client starts from. librdkafka logs at
+    /// warning and above unless the log filter asks for more of target `librdkafka`
+    /// (`--log info,librdkafka=debug` with `-X debug=cgrp,fetch`, say).
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
@@ -113,7 +127,7 @@ impl KafkaOptions {
             )
             // Let ebb, not librdkafka, report a broker that cannot be reached.
             .set("log.connection.close", "false")
-            .set_log_level(RDKafkaLogLevel::Warning);
+            .set_log_level(librdkafka_log_level());
         if let Some(mechanism) = &self.sasl_mechanism {
             let mechanism = if mechanism == MSK_IAM {
                 "OAUTHBEARER"
