@@ -13,15 +13,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::admin::{Admin, AdminError};
 use crate::consumer::dead_letter::{HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC};
-use crate::kafka::{AuthContext, KafkaOptions};
-use crate::lag::LagProbe;
+use crate::kafka::KafkaOptions;
+use crate::lag::{LagProbe, list_offsets, reader};
 use crate::postgres::{Database, DatabaseError, StoredRow};
 use crate::trade::TradeRef;
 
@@ -92,6 +92,9 @@ pub struct AuditReport {
     /// No record missing, duplicated, out of order or mismatched.
     pub ok: bool,
 }
+
+/// The group name the audit's readers use; they never join it or commit.
+const AUDIT_GROUP: &str = "ebb-audit";
 
 /// Most problems described in [`AuditReport::examples`].
 const EXAMPLES: usize = 10;
@@ -312,7 +315,16 @@ pub async fn run(
         })?;
         let mut letters = Vec::new();
         if let Some((name, partitions)) = dead_letter_partitions {
-            let ends = log_ends(&kafka, &name, partitions)?;
+            let consumer = reader(&kafka, AUDIT_GROUP)?;
+            let ends: BTreeMap<i32, i64> = list_offsets(
+                &consumer,
+                &name,
+                0..partitions as i32,
+                Offset::End,
+                kafka.request_timeout,
+            )?
+            .into_iter()
+            .collect();
             progress(format!(
                 "reading {} records of {name}",
                 ends.values().sum::<i64>()
@@ -348,39 +360,6 @@ fn origin(topic: &str, message: &rdkafka::message::BorrowedMessage<'_>) -> Optio
     (from_topic == Some(topic)).then_some((partition?, offset?))
 }
 
-fn client(kafka: &KafkaOptions) -> Result<BaseConsumer<AuthContext>, AdminError> {
-    let mut config = kafka.client_config();
-    config
-        .set("group.id", "ebb-audit")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
-    config
-        .create_with_context(AuthContext::new(kafka))
-        .map_err(|source| AdminError::Kafka {
-            context: "cannot create a client to read the topic".into(),
-            source,
-        })
-}
-
-fn log_ends(
-    kafka: &KafkaOptions,
-    topic: &str,
-    partitions: usize,
-) -> Result<BTreeMap<i32, i64>, AdminError> {
-    let consumer = client(kafka)?;
-    (0..partitions as i32)
-        .map(|p| {
-            consumer
-                .fetch_watermarks(topic, p, kafka.request_timeout)
-                .map(|(_, high)| (p, high))
-                .map_err(|source| AdminError::Kafka {
-                    context: format!("cannot read {topic}'s log-end offsets"),
-                    source,
-                })
-        })
-        .collect()
-}
-
 /// Reads each partition of `topic` from its start up to (not including) its entry in
 /// `ends`, handing every record to `each`. Blocking.
 fn read(
@@ -389,16 +368,18 @@ fn read(
     ends: &BTreeMap<i32, i64>,
     mut each: impl FnMut(i32, &rdkafka::message::BorrowedMessage<'_>),
 ) -> Result<(), AdminError> {
-    let consumer = client(kafka)?;
+    let consumer = reader(kafka, AUDIT_GROUP)?;
+    let starts = list_offsets(
+        &consumer,
+        topic,
+        ends.keys().copied(),
+        Offset::Beginning,
+        kafka.request_timeout,
+    )?;
     let mut assignment = TopicPartitionList::new();
     let mut open: BTreeMap<i32, i64> = BTreeMap::new();
     for (&partition, &end) in ends {
-        let (low, _) = consumer
-            .fetch_watermarks(topic, partition, kafka.request_timeout)
-            .map_err(|source| AdminError::Kafka {
-                context: format!("cannot read {topic}'s log-start offsets"),
-                source,
-            })?;
+        let low = starts.get(&partition).copied().unwrap_or(0);
         if end > low {
             open.insert(partition, end);
             let _ = assignment.add_partition_offset(topic, partition, Offset::Offset(low));

@@ -105,19 +105,8 @@ impl LagProbe {
         topic: &str,
         partitions: usize,
     ) -> Result<Self, AdminError> {
-        let mut config = kafka.client_config();
-        config
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false");
-        let consumer = config
-            .create_with_context(AuthContext::new(kafka))
-            .map_err(|source| AdminError::Kafka {
-                context: "cannot create a client to read offsets".into(),
-                source,
-            })?;
         Ok(LagProbe {
-            consumer,
+            consumer: reader(kafka, group)?,
             group: group.into(),
             topic: topic.into(),
             partitions,
@@ -157,13 +146,26 @@ impl LagProbe {
             })?;
         // One ListOffsets request for every partition (the supervisor asks every second),
         // rather than a watermark request per partition.
-        let ends = self.list_offsets(all(Offset::End))?;
+        let partitions = 0..self.partitions as i32;
+        let ends = list_offsets(
+            &self.consumer,
+            &self.topic,
+            partitions.clone(),
+            Offset::End,
+            self.timeout,
+        )?;
         let never_committed = committed
             .elements_for_topic(&self.topic)
             .iter()
             .any(|e| !matches!(e.offset(), Offset::Offset(_)));
         let starts = if never_committed {
-            self.list_offsets(all(Offset::Beginning))?
+            list_offsets(
+                &self.consumer,
+                &self.topic,
+                partitions,
+                Offset::Beginning,
+                self.timeout,
+            )?
         } else {
             Default::default()
         };
@@ -190,29 +192,53 @@ impl LagProbe {
         rows.sort_by_key(|r| r.partition);
         Ok(rows)
     }
+}
 
-    /// Log-start (`Offset::Beginning`) or log-end (`Offset::End`) offsets of the listed
-    /// partitions, in one request.
-    fn list_offsets(
-        &self,
-        which: TopicPartitionList,
-    ) -> Result<std::collections::HashMap<i32, i64>, AdminError> {
-        let listed = self
-            .consumer
-            .offsets_for_times(which, self.timeout)
-            .map_err(|source| AdminError::Kafka {
-                context: format!("cannot read the offsets of {}", self.topic),
-                source,
-            })?;
-        Ok(listed
-            .elements_for_topic(&self.topic)
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some((e.partition(), o)),
-                _ => None,
-            })
-            .collect())
+/// A client that reads offsets and records for `group` (it never commits).
+pub(crate) fn reader(
+    kafka: &KafkaOptions,
+    group: &str,
+) -> Result<BaseConsumer<AuthContext>, AdminError> {
+    let mut config = kafka.client_config();
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    config
+        .create_with_context(AuthContext::new(kafka))
+        .map_err(|source| AdminError::Kafka {
+            context: "cannot create a client to read offsets".into(),
+            source,
+        })
+}
+
+/// Log-start (`Offset::Beginning`) or log-end (`Offset::End`) offsets of `partitions` of
+/// `topic`, in one ListOffsets request rather than a watermark request per partition.
+pub(crate) fn list_offsets(
+    consumer: &BaseConsumer<AuthContext>,
+    topic: &str,
+    partitions: impl IntoIterator<Item = i32>,
+    which: Offset,
+    timeout: Duration,
+) -> Result<std::collections::HashMap<i32, i64>, AdminError> {
+    let mut asked = TopicPartitionList::new();
+    for p in partitions {
+        let _ = asked.add_partition_offset(topic, p, which);
     }
+    let listed = consumer
+        .offsets_for_times(asked, timeout)
+        .map_err(|source| AdminError::Kafka {
+            context: format!("cannot read the offsets of {topic}"),
+            source,
+        })?;
+    Ok(listed
+        .elements_for_topic(topic)
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Reads the oldest unconsumed record of each lagging partition for its timestamp.

@@ -364,11 +364,11 @@ fn a_thousand_malformed_records_go_to_the_dead_letter_topic_and_the_rest_to_the_
 /// `/readyz` of a consumer: `Some(true)` for 200, `Some(false)` for 503, `None` when it
 /// does not answer.
 fn ready(addr: &str) -> Option<bool> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    write!(stream, "GET /readyz HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?;
-    Some(status == "200")
+    ebb_core::http::get(
+        &format!("http://{addr}/readyz"),
+        None,
+        Duration::from_secs(2),
+    )
+    .ok()
+    .map(|(status, _)| status == 200)
 }

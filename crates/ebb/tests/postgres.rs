@@ -5,13 +5,19 @@ mod common;
 
 use common::*;
 
+/// The local server's self-signed certificate (asked of the script once).
 fn cert() -> String {
-    postgres();
-    let out = std::process::Command::new(ebb_testkit::repo_root().join("scripts/postgres-local"))
-        .arg("cert")
-        .output()
-        .expect("postgres-local cert");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    static CERT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CERT.get_or_init(|| {
+        postgres();
+        let script = ebb_testkit::repo_root().join("scripts/postgres-local");
+        let out = std::process::Command::new(script)
+            .arg("cert")
+            .output()
+            .expect("postgres-local cert");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
+    .clone()
 }
 
 fn table_name(prefix: &str) -> String {

@@ -479,7 +479,7 @@ impl Context {
         for state in &states {
             let left = state.queued_records.swap(0, Ordering::SeqCst);
             shared.buffered_records.fetch_sub(left, Ordering::SeqCst);
-            // An aborted worker may have been retrying a failing sink.
+            // Its worker may have been retrying a failing sink when it was released.
             if state.held.swap(false, Ordering::SeqCst) {
                 shared.probes.recovered();
             }
@@ -739,22 +739,20 @@ async fn handle_batch(shared: &Shared, state: &PartitionState, batch: Batch) {
 
 /// Runs `attempt` until it succeeds, backing off exponentially; gives up (returning `None`)
 /// only when the partition is released, so the batch is never skipped by this owner.
-/// While a partition is held the process is not ready (`/readyz`).
+/// While a partition is held the process is not ready (`/readyz`); releasing a held
+/// partition settles that.
 async fn retry<F, Fut>(shared: &Shared, state: &PartitionState, mut attempt: F) -> Option<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), sink::SinkError>>,
 {
-    let unhold = || {
-        if state.held.swap(false, Ordering::SeqCst) {
-            shared.probes.recovered();
-        }
-    };
     let mut backoff = shared.settings.retry.initial_backoff;
     loop {
         match attempt().await {
             Ok(()) => {
-                unhold();
+                if state.held.swap(false, Ordering::SeqCst) {
+                    shared.probes.recovered();
+                }
                 return Some(());
             }
             Err(e) => {
@@ -762,7 +760,6 @@ where
                     shared.probes.failed();
                 }
                 if state.released.load(Ordering::SeqCst) {
-                    unhold();
                     return None;
                 }
                 shared.metrics.retries.inc();
@@ -772,7 +769,6 @@ where
                 );
                 tokio::time::sleep(backoff).await;
                 if state.released.load(Ordering::SeqCst) {
-                    unhold();
                     return None;
                 }
                 backoff = (backoff * 2).min(shared.settings.retry.max_backoff);
