@@ -285,3 +285,70 @@ pub fn free_port() -> u16 {
         .expect("free port")
         .port()
 }
+
+/// A group as its coordinator describes it, and a topic's offsets, read over one client.
+pub struct GroupWatch {
+    consumer: rdkafka::consumer::BaseConsumer,
+    group: String,
+    topic: String,
+    partitions: i32,
+}
+
+impl GroupWatch {
+    /// Watches `group` on `topic` (which has `partitions` partitions); never joins it.
+    pub fn new(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Self {
+        let consumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", group)
+            .create()
+            .expect("group watcher");
+        GroupWatch {
+            consumer,
+            group: group.into(),
+            topic: topic.into(),
+            partitions,
+        }
+    }
+
+    /// The group's state ("Stable", "PreparingRebalance", ...) and member count.
+    pub fn state(&self) -> (String, usize) {
+        use rdkafka::consumer::Consumer;
+        let list = self
+            .consumer
+            .fetch_group_list(Some(&self.group), std::time::Duration::from_secs(10))
+            .expect("describe group");
+        list.groups().first().map_or(("Dead".into(), 0), |g| {
+            (g.state().into(), g.members().len())
+        })
+    }
+
+    /// (committed, log end) per partition; committed is -1 where never committed.
+    pub fn offsets(&self) -> std::collections::BTreeMap<i32, (i64, i64)> {
+        use rdkafka::consumer::Consumer;
+        use rdkafka::{Offset, TopicPartitionList};
+        let timeout = std::time::Duration::from_secs(10);
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions {
+            tpl.add_partition(&self.topic, p);
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, timeout)
+            .expect("committed offsets");
+        committed
+            .elements()
+            .iter()
+            .map(|e| {
+                let c = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => -1,
+                };
+                let (_, end) = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, e.partition(), timeout)
+                    .expect("watermarks");
+                (e.partition(), (c, end))
+            })
+            .collect()
+    }
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use ebb_core::consumer::batch::BatchLimits;
 use ebb_core::consumer::metrics::ConsumerMetrics;
-use ebb_core::consumer::sink::{FileSink, PostgresSink, SimSink, Sink, StdoutSink};
+use ebb_core::consumer::sink::{Delayed, FileSink, PostgresSink, SimSink, Sink, StdoutSink};
 use ebb_core::consumer::{ConsumerSettings, GroupProtocol, RetryPolicy, start};
 use ebb_core::http::{Probes, serve, standard_routes};
 use prometheus_client::registry::Registry;
@@ -101,6 +101,15 @@ pub struct ConsumeArgs {
     #[arg(long, env = "EBB_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
 
+    /// How long an owned partition may go without progress (records waiting and none
+    /// fetched, or handled offsets not acknowledged as committed) while the group is
+    /// stable, before it counts as stalled: logged, counted in
+    /// ebb_consumer_stalled_partitions, /readyz 503, then healed (commit re-sent, fetch
+    /// restarted) or, still stalled after as long again, the consumer stops and exits 1 so
+    /// its supervisor starts a fresh one. 0 turns the watchdog off.
+    #[arg(long, env = "EBB_STALL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    stall_timeout: Duration,
+
     /// How often handled offsets are committed while running (revokes and stops always
     /// commit at once). After a crash, up to this much processing is replayed.
     #[arg(long, env = "EBB_COMMIT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
@@ -122,6 +131,12 @@ pub struct ConsumeArgs {
     /// Where processed records go.
     #[arg(long, env = "EBB_SINK", value_enum, default_value_t = SinkKind::Sim)]
     sink: SinkKind,
+
+    /// Extra time per batch before any sink writes (e.g. to give the file sink a slow
+    /// database's timing in a benchmark); 0 = none. The sim sink has its own
+    /// --batch-processing-time.
+    #[arg(long, env = "EBB_SINK_DELAY", default_value = "0", value_parser = parse_duration)]
+    sink_delay: Duration,
 
     /// File for the file sink (JSON lines, appended).
     #[arg(long, env = "EBB_SINK_FILE", required_if_eq("sink", "file"))]
@@ -199,6 +214,14 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             Arc::new(PostgresSink::new(db, &mut registry))
         }
     };
+    let sink: Arc<dyn Sink> = if args.sink_delay.is_zero() {
+        sink
+    } else {
+        Arc::new(Delayed {
+            inner: sink,
+            delay: args.sink_delay,
+        })
+    };
     let dead_letter_topic = dead_letter_topic(args.dead_letter_topic.as_deref(), &args.topic)?;
     let settings = ConsumerSettings {
         limits: BatchLimits {
@@ -227,6 +250,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         heartbeat_interval: args.heartbeat_interval,
         revoke_timeout: args.revoke_timeout,
         shutdown_timeout: args.shutdown_timeout,
+        stall_timeout: (!args.stall_timeout.is_zero()).then_some(args.stall_timeout),
         commit_interval: args.commit_interval,
         retry: RetryPolicy {
             initial_backoff: args.retry_backoff,
@@ -277,5 +301,9 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         report.active.as_secs_f64(),
         report.dead_lettered
     );
+    if let Some(failure) = report.failure {
+        eprintln!("error: {failure}; restart the consumer (a supervisor does so on its own)");
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -24,6 +24,20 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// `kind` label of the stall counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StallLabel {
+    /// `fetch` (records waiting, none taken) or `commit` (handled, not acknowledged).
+    pub kind: &'static str,
+}
+
+/// `call` label of the rebalance-call error counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabel {
+    /// `assign`, `incremental_assign` or `incremental_unassign`.
+    pub call: &'static str,
+}
+
 /// `partition` label of per-partition gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabel {
@@ -57,7 +71,7 @@ pub struct ConsumerMetrics {
     pub rebalances: Family<KindLabel, Counter>,
     /// Time to drain revoked partitions.
     pub revoke_drain_seconds: Histogram,
-    /// Offset commits that succeeded.
+    /// Offset commit requests the broker acknowledged.
     pub commits: Counter,
     /// Offset commits that failed.
     pub commit_failures: Counter,
@@ -66,6 +80,14 @@ pub struct ConsumerMetrics {
     pub partition_lag: Family<PartitionLabel, Gauge>,
     /// Records sent to the dead-letter topic.
     pub dead_lettered: Counter,
+    /// Owned partitions the stall watchdog finds stalled now.
+    pub stalled_partitions: Gauge,
+    /// Stalls detected, by kind.
+    pub stalls: Family<StallLabel, Counter>,
+    /// Offsets re-sent because no acknowledgement came for them.
+    pub commits_resent: Counter,
+    /// librdkafka assign calls that returned an error, by call.
+    pub rebalance_call_errors: Family<CallLabel, Counter>,
     /// Sink attempts that failed and were retried.
     pub retries: Counter,
 }
@@ -90,6 +112,10 @@ impl ConsumerMetrics {
             commit_failures: Counter::default(),
             partition_lag: Family::default(),
             dead_lettered: Counter::default(),
+            stalled_partitions: Gauge::default(),
+            stalls: Family::default(),
+            commits_resent: Counter::default(),
+            rebalance_call_errors: Family::default(),
             retries: Counter::default(),
         };
         let m = metrics.clone();
@@ -167,6 +193,26 @@ impl ConsumerMetrics {
             "ebb_consumer_dead_lettered",
             "Records sent to the dead-letter topic",
             m.dead_lettered,
+        );
+        registry.register(
+            "ebb_consumer_stalled_partitions",
+            "Owned partitions with records waiting or handled offsets unacknowledged and no progress for the stall timeout",
+            m.stalled_partitions,
+        );
+        registry.register(
+            "ebb_consumer_stalls",
+            "Stalls the watchdog detected, by kind",
+            m.stalls,
+        );
+        registry.register(
+            "ebb_consumer_commits_resent",
+            "Offset commits sent again because the broker had not acknowledged them",
+            m.commits_resent,
+        );
+        registry.register(
+            "ebb_consumer_rebalance_call_errors",
+            "librdkafka assign/incremental_assign/incremental_unassign calls that failed",
+            m.rebalance_call_errors,
         );
         registry.register(
             "ebb_consumer_sink_retries",

@@ -25,33 +25,38 @@
 //! it again on resume, which at every small backlog costs most of the throughput.)
 
 pub mod batch;
+pub mod commit;
 pub mod dead_letter;
 pub mod fetch_queue;
 pub mod metrics;
 pub mod sink;
+pub mod watchdog;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use self::batch::{Batch, BatchBuilder, BatchLimits, Record};
+use self::commit::CommitState;
 use self::dead_letter::DeadLetters;
 use self::fetch_queue::FetchQueue;
-use self::metrics::{ConsumerMetrics, KindLabel, PartitionLabel, StatusLabel};
+use self::metrics::{CallLabel, ConsumerMetrics, KindLabel, PartitionLabel, StatusLabel};
 use self::sink::Sink;
 use crate::admin::{Admin, AdminError};
 use crate::http::Probes;
 use crate::kafka::{AuthContext, KafkaOptions};
+use crate::lag::LagProbe;
 use crate::trade::TradeRef;
 
 /// How the group assigns partitions.
@@ -104,6 +109,10 @@ pub struct ConsumerSettings {
     pub revoke_timeout: Duration,
     /// How long a stop waits for in-flight batches.
     pub shutdown_timeout: Duration,
+    /// How long an owned partition may go without progress, records waiting or handled
+    /// offsets unacknowledged, with the group stable, before the watchdog calls it stalled
+    /// (see [`watchdog`]); `None` turns the watchdog off.
+    pub stall_timeout: Option<Duration>,
     /// How often handled offsets are committed (asynchronously) while running; revokes
     /// and stops commit synchronously whatever this is. After a crash, up to this much
     /// processing is replayed.
@@ -147,6 +156,7 @@ impl ConsumerSettings {
             heartbeat_interval: Duration::from_secs(1),
             revoke_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
+            stall_timeout: Some(Duration::from_secs(10)),
             commit_interval: Duration::from_secs(1),
             retry: RetryPolicy {
                 initial_backoff: Duration::from_millis(100),
@@ -167,6 +177,9 @@ pub enum ConsumerError {
     /// librdkafka rejected the configuration.
     #[error("the Kafka consumer rejected its settings: {0}")]
     Config(rdkafka::error::KafkaError),
+    /// A thread could not be started.
+    #[error("cannot start the consumer's {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
 }
 
 /// Totals at the end of a run.
@@ -180,6 +193,10 @@ pub struct ConsumerReport {
     pub batches: u64,
     /// From the start of the first batch to the end of the last one.
     pub active: Duration,
+    /// Why the consumer stopped by itself with work left (a stall it could not heal, a
+    /// rebalance call librdkafka refused); `None` after a requested or idle stop. The
+    /// caller should exit non-zero so that a supervisor restarts it.
+    pub failure: Option<String>,
 }
 
 impl ConsumerReport {
@@ -194,13 +211,12 @@ impl ConsumerReport {
     }
 }
 
-/// Ownership of one partition, shared by the poll thread, its worker and the committer.
+/// Ownership of one partition, shared by the poll thread, its worker, the committer and
+/// the watchdog.
 struct PartitionState {
     partition: i32,
-    /// Offset to commit: one past the last handled record; -1 while nothing was handled.
-    committable: AtomicI64,
-    /// Last offset handed to a commit.
-    committed: AtomicI64,
+    /// What was handled, sent and acknowledged.
+    commit: CommitState,
     /// Set on revoke and stop: the worker finishes its current batch and drops the rest.
     released: AtomicBool,
     /// Log-end minus committed offset, from the client's statistics (-1 unknown).
@@ -248,6 +264,31 @@ struct Shared {
     first_batch_ns: AtomicU64,
     /// Nanoseconds after `created` when the latest batch finished.
     last_batch_ns: AtomicU64,
+    /// Bumped by every rebalance callback (the watchdog restarts its clocks).
+    rebalances: AtomicU64,
+    /// Set to stop the consumer (a request, a signal, or a failure below).
+    stop: Arc<AtomicBool>,
+    /// Why the consumer stopped by itself, if it did.
+    failure: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Stops the consumer because it cannot go on healthily: it drains, commits and leaves
+    /// the group as on a requested stop, and reports `reason` so its caller exits non-zero
+    /// (and a supervisor, `ebb scale` or Kubernetes, starts a fresh one).
+    fn fail(&self, reason: String) {
+        tracing::error!("{reason}; stopping so that a fresh consumer takes over");
+        lock(&self.failure).get_or_insert(reason);
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(poller) = self.poller.get() {
+            poller.unpark();
+        }
+    }
+
+    /// Nanoseconds since the consumer was created (the committer's clock).
+    fn now_ns(&self) -> u64 {
+        self.created.elapsed().as_nanos() as u64
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -296,93 +337,156 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let lost = consumer.assignment_lost();
-            let partitions: Vec<i32> = tpl
-                .elements_for_topic(&self.shared.topic)
-                .iter()
-                .map(|e| e.partition())
-                .collect();
-            let kind = if lost { "lost" } else { "revoke" };
-            self.shared
-                .metrics
-                .rebalances
-                .get_or_create(&KindLabel { kind })
-                .inc();
-            let started = Instant::now();
-            let timeout = self.shared.settings.revoke_timeout;
-            if self.release(consumer, &partitions, timeout, !lost) == 0 {
-                // Already released (the consumer is closing after a stop).
-                return;
-            }
-            let drained = started.elapsed();
-            self.shared
-                .metrics
-                .revoke_drain_seconds
-                .observe(drained.as_secs_f64());
-            tracing::info!(
-                "Rebalance: {} {} partition(s) {:?}; drained and committed in {:.0?}",
-                if lost { "lost" } else { "revoked" },
-                partitions.len(),
-                partitions,
-                drained
-            );
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                let partitions: Vec<i32> = tpl
-                    .elements_for_topic(&self.shared.topic)
-                    .iter()
-                    .map(|e| e.partition())
-                    .collect();
-                self.shared
-                    .metrics
-                    .rebalances
-                    .get_or_create(&KindLabel { kind: "assign" })
-                    .inc();
+    /// Owns the whole rebalance rather than librdkafka's default: lanes and partition
+    /// queues exist before a partition is assigned (so no record of it reaches the main
+    /// queue), revoked partitions are drained and committed before they are given up, and
+    /// every error of the assign calls is counted and acted on instead of discarded.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        self.shared.rebalances.fetch_add(1, Ordering::SeqCst);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let partitions: Vec<i32> = tpl
+            .elements_for_topic(&self.shared.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.count_rebalance("assign");
                 self.assign(&partitions);
+                let (call, result) = if cooperative {
+                    ("incremental_assign", consumer.incremental_assign(tpl))
+                } else {
+                    ("assign", consumer.assign(tpl))
+                };
+                if let Err(e) = result {
+                    // The partitions are not ours after all: drop their lanes (nothing was
+                    // read, so nothing to commit), then start afresh.
+                    self.call_failed(call);
+                    self.release(consumer, &partitions, Duration::ZERO, false);
+                    self.shared.fail(format!(
+                        "librdkafka refused {call} of partition(s) {partitions:?} of {}: {e}",
+                        self.shared.topic
+                    ));
+                    return;
+                }
                 let total = lock(&self.lanes).len();
                 tracing::info!(
-                    "Rebalance: assigned {} partition(s) {:?}; now owning {total}",
+                    "Rebalance: assigned {} partition(s) {partitions:?}; now owning {total}",
                     partitions.len(),
-                    partitions
                 );
                 self.shared.probes.set_ready(true);
             }
-            Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => tracing::error!("Rebalance error: {e}"),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let lost = consumer.assignment_lost();
+                self.count_rebalance(if lost { "lost" } else { "revoke" });
+                let started = Instant::now();
+                let timeout = self.shared.settings.revoke_timeout;
+                // A lost assignment is no longer ours to commit.
+                if self.release(consumer, &partitions, timeout, !lost) > 0 {
+                    let drained = started.elapsed();
+                    self.shared
+                        .metrics
+                        .revoke_drain_seconds
+                        .observe(drained.as_secs_f64());
+                    tracing::info!(
+                        "Rebalance: {} {} partition(s) {partitions:?}; drained and committed in {drained:.0?}",
+                        if lost { "lost" } else { "revoked" },
+                        partitions.len(),
+                    );
+                }
+                let (call, result) = if cooperative {
+                    ("incremental_unassign", consumer.incremental_unassign(tpl))
+                } else {
+                    ("unassign", consumer.unassign())
+                };
+                if let Err(e) = result {
+                    // librdkafka waits for this call to complete the rebalance; without it
+                    // the member would hold its place in the group and fetch nothing.
+                    self.call_failed(call);
+                    self.shared.fail(format!(
+                        "librdkafka refused {call} of partition(s) {partitions:?} of {}: {e}",
+                        self.shared.topic
+                    ));
+                }
+            }
+            other => {
+                let code: rdkafka::error::RDKafkaErrorCode = other.into();
+                tracing::error!("Rebalance error: {code}");
+                self.count_rebalance("error");
+            }
         }
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) => {
-                self.shared.metrics.commits.inc();
-            }
-            Err(e) => {
-                self.shared.metrics.commit_failures.inc();
-                tracing::warn!(
-                    "Commit of {} offset(s) failed: {e}; will retry",
-                    offsets.count()
-                );
-                // Let the committer send these again: a commit refused during a rebalance
-                // must not be taken for done.
-                let owned = lock(&self.shared.owned);
-                for element in offsets.elements_for_topic(&self.shared.topic) {
-                    if let Some(state) = owned.get(&element.partition()) {
-                        state.committed.store(-1, Ordering::SeqCst);
-                    }
+        let owned = lock(&self.shared.owned);
+        let mut failed = 0;
+        let mut first_error = None;
+        for element in offsets.elements_for_topic(&self.shared.topic) {
+            let Offset::Offset(offset) = element.offset() else {
+                continue;
+            };
+            // A request-level error applies to every partition; librdkafka also sets the
+            // partition's own error.
+            let error = element
+                .error()
+                .err()
+                .or_else(|| result.as_ref().err().cloned());
+            let Some(state) = owned.get(&element.partition()) else {
+                continue;
+            };
+            match error {
+                None => state.commit.acknowledged(offset),
+                Some(e) => {
+                    failed += 1;
+                    first_error.get_or_insert(e);
+                    // Sent again at the next tick: a commit refused during a rebalance
+                    // must not be taken for done.
+                    state.commit.failed(offset);
                 }
             }
-        };
+        }
+        drop(owned);
+        match first_error {
+            None if result.is_ok() => {
+                self.shared.metrics.commits.inc();
+            }
+            None => {}
+            Some(e) => {
+                self.shared.metrics.commit_failures.inc();
+                tracing::warn!(
+                    "Commit of {failed} of {} offset(s) failed: {e}; will send again",
+                    offsets.count()
+                );
+            }
+        }
     }
 }
 
 impl Context {
+    fn count_rebalance(&self, kind: &'static str) {
+        self.shared
+            .metrics
+            .rebalances
+            .get_or_create(&KindLabel { kind })
+            .inc();
+    }
+
+    fn call_failed(&self, call: &'static str) {
+        self.shared
+            .metrics
+            .rebalance_call_errors
+            .get_or_create(&CallLabel { call })
+            .inc();
+    }
+
     fn assign(&self, partitions: &[i32]) {
         let shared = &self.shared;
         let mut lanes = lock(&self.lanes);
@@ -392,8 +496,7 @@ impl Context {
             }
             let state = Arc::new(PartitionState {
                 partition,
-                committable: AtomicI64::new(-1),
-                committed: AtomicI64::new(-1),
+                commit: CommitState::default(),
                 released: AtomicBool::new(false),
                 lag: AtomicI64::new(-1),
                 queued_records: AtomicUsize::new(0),
@@ -487,24 +590,30 @@ impl Context {
         if commit {
             let mut tpl = TopicPartitionList::new();
             for state in &states {
-                // Always commit, even if an asynchronous commit of the same offset was sent:
-                // that one may have been refused while the group was rebalancing.
-                let offset = state.committable.load(Ordering::SeqCst);
-                if offset >= 0 {
+                // Commit whatever was not acknowledged yet, even if an asynchronous commit
+                // of the same offset is outstanding: it may be refused while the group
+                // rebalances.
+                if state.commit.is_due() {
                     let _ = tpl.add_partition_offset(
                         &shared.topic,
                         state.partition,
-                        Offset::Offset(offset),
+                        Offset::Offset(state.commit.handled_offset()),
                     );
                 }
             }
-            if tpl.count() > 0
-                && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
-            {
-                shared.metrics.commit_failures.inc();
-                tracing::warn!(
-                    "Final commit for released partitions failed: {e} (their last batches will be processed again)"
-                );
+            if tpl.count() > 0 {
+                match consumer.commit(&tpl, CommitMode::Sync) {
+                    Ok(()) => {
+                        shared.metrics.commits.inc();
+                    }
+                    Err(e) => {
+                        shared.metrics.commit_failures.inc();
+                        tracing::warn!(
+                            "Final commit of released partitions {:?} failed: {e} (their last batches will be processed again by the next owner)",
+                            states.iter().map(|s| s.partition).collect::<Vec<_>>()
+                        );
+                    }
+                }
             }
         }
         count
@@ -734,7 +843,7 @@ async fn handle_batch(shared: &Shared, state: &PartitionState, batch: Batch) {
     shared.batches.fetch_add(1, Ordering::Relaxed);
     let finished = shared.created.elapsed().as_nanos() as u64;
     shared.last_batch_ns.fetch_max(finished, Ordering::Relaxed);
-    state.committable.store(next_offset, Ordering::SeqCst);
+    state.commit.handled(next_offset);
 }
 
 /// Runs `attempt` until it succeeds, backing off exponentially; gives up (returning `None`)
@@ -777,12 +886,16 @@ where
     }
 }
 
-/// Commits handled offsets asynchronously whenever a batch completes.
+/// Commits handled offsets asynchronously every `commit_interval`, and sends again those
+/// the broker has not acknowledged (see [`commit`]).
 async fn run_committer(
     shared: Arc<Shared>,
     consumer: Arc<BaseConsumer<Context>>,
     stop: Arc<AtomicBool>,
 ) {
+    // Long enough for a commit's answer under a rebalance or a slow coordinator, short
+    // enough that a lost request costs little lag.
+    let resend_after = (shared.settings.commit_interval * 5).max(Duration::from_secs(2));
     loop {
         tokio::select! {
             // Notified only to stop.
@@ -792,30 +905,34 @@ async fn run_committer(
         if stop.load(Ordering::SeqCst) {
             return;
         }
+        let now = shared.now_ns();
         let mut tpl = TopicPartitionList::new();
-        let mut marks = Vec::new();
+        let mut sent = Vec::new();
         for state in lock(&shared.owned).values() {
-            let offset = state.committable.load(Ordering::SeqCst);
-            if offset > state.committed.load(Ordering::SeqCst) {
+            if let Some(due) = state.commit.take_due(now, resend_after) {
+                if due.resent {
+                    shared.metrics.commits_resent.inc();
+                    tracing::debug!(
+                        "Partition {}: no answer to the commit of offset {} within {resend_after:?}; sending it again",
+                        state.partition,
+                        due.offset
+                    );
+                }
                 let _ = tpl.add_partition_offset(
                     &shared.topic,
                     state.partition,
-                    Offset::Offset(offset),
+                    Offset::Offset(due.offset),
                 );
-                marks.push((state.clone(), offset));
+                sent.push((state.clone(), due.offset));
             }
         }
         if tpl.count() == 0 {
             continue;
         }
-        match consumer.commit(&tpl, CommitMode::Async) {
-            Ok(()) => marks
-                .iter()
-                .for_each(|(s, o)| s.committed.store(*o, Ordering::SeqCst)),
-            Err(e) => {
-                shared.metrics.commit_failures.inc();
-                tracing::warn!("Cannot commit offsets: {e}");
-            }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            shared.metrics.commit_failures.inc();
+            tracing::warn!("Cannot commit offsets: {e}; will send again");
+            sent.iter().for_each(|(s, o)| s.commit.failed(*o));
         }
     }
 }
@@ -926,6 +1043,17 @@ pub async fn start(
         config.set(key, value);
     }
 
+    let stop = Arc::new(AtomicBool::new(false));
+    // The watchdog's own client, so its offset requests never queue behind the consumer's.
+    let probe = match settings.stall_timeout {
+        Some(_) => Some(LagProbe::new(
+            kafka,
+            &settings.group,
+            &settings.topic,
+            topic_info.partitions,
+        )?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         topic: settings.topic.as_str().into(),
         in_flight: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
@@ -946,6 +1074,9 @@ pub async fn start(
         created: Instant::now(),
         first_batch_ns: AtomicU64::new(u64::MAX),
         last_batch_ns: AtomicU64::new(0),
+        rebalances: AtomicU64::new(0),
+        stop: stop.clone(),
+        failure: Mutex::new(None),
     });
     let context = Context {
         auth: AuthContext::new(kafka),
@@ -971,34 +1102,39 @@ pub async fn start(
         shared.settings.max_in_flight
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
     let committer_stop = Arc::new(AtomicBool::new(false));
     let committer = tokio::spawn(run_committer(
         shared.clone(),
         consumer.clone(),
         committer_stop.clone(),
     ));
-    let poll_thread = {
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("ebb-poll".into())
-            .spawn(move || poll_loop(consumer, shared, stop, committer, committer_stop))
-            .map_err(|e| {
-                ConsumerError::Admin(AdminError::Unreachable(format!(
-                    "cannot start the poll thread: {e}"
-                )))
-            })?
+    let watchdog = match (probe, shared.settings.stall_timeout) {
+        (Some(probe), Some(timeout)) => {
+            let (shared, consumer) = (shared.clone(), Arc::downgrade(&consumer));
+            Some(
+                std::thread::Builder::new()
+                    .name("ebb-watchdog".into())
+                    .spawn(move || watchdog::runner::run(shared, consumer, probe, timeout))
+                    .map_err(|e| ConsumerError::Thread("watchdog", e))?,
+            )
+        }
+        _ => None,
     };
+    let poll_thread = std::thread::Builder::new()
+        .name("ebb-poll".into())
+        .spawn(move || poll_loop(consumer, shared, watchdog, committer, committer_stop))
+        .map_err(|e| ConsumerError::Thread("poll", e))?;
     Ok(RunningConsumer { stop, poll_thread })
 }
 
 fn poll_loop(
     consumer: Arc<BaseConsumer<Context>>,
     shared: Arc<Shared>,
-    stop: Arc<AtomicBool>,
+    watchdog: Option<std::thread::JoinHandle<()>>,
     committer: JoinHandle<()>,
     committer_stop: Arc<AtomicBool>,
 ) -> ConsumerReport {
+    let stop = shared.stop.clone();
     let context = consumer.context();
     let _ = shared.poller.set(std::thread::current());
     let mut summary = Summary::new(shared.settings.report_interval);
@@ -1090,6 +1226,12 @@ fn poll_loop(
         shared.settings.shutdown_timeout
     );
     shared.probes.set_stopping();
+    // The watchdog holds the consumer only while it looks; once it has ended, the drop
+    // below is the consumer's last reference.
+    stop.store(true, Ordering::SeqCst);
+    if let Some(watchdog) = watchdog {
+        let _ = watchdog.join();
+    }
     let owned: Vec<i32> = lock(&context.lanes).keys().copied().collect();
     context.release(&consumer, &owned, shared.settings.shutdown_timeout, true);
     committer_stop.store(true, Ordering::SeqCst);
@@ -1108,6 +1250,7 @@ fn poll_loop(
                 .load(Ordering::SeqCst)
                 .saturating_sub(shared.first_batch_ns.load(Ordering::SeqCst)),
         ),
+        failure: lock(&shared.failure).clone(),
     };
     tracing::info!(
         "Stopped: processed {} records in {} batches, dead-lettered {}",

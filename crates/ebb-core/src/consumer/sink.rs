@@ -14,6 +14,7 @@ use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -43,6 +44,29 @@ pub trait Sink: Send + Sync + 'static {
         partition: i32,
         records: &'a [Record<'a>],
     ) -> BoxFuture<'a, Result<(), SinkError>>;
+}
+
+/// Another sink made slower by a fixed time per batch, taken before each write: a real
+/// output (a file, say) with the timing of a slow database, for benchmarks and tests.
+pub struct Delayed {
+    /// The sink written after the delay.
+    pub inner: Arc<dyn Sink>,
+    /// Sleep per batch.
+    pub delay: Duration,
+}
+
+impl Sink for Delayed {
+    fn write<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: i32,
+        records: &'a [Record<'a>],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            self.inner.write(topic, partition, records).await
+        })
+    }
 }
 
 /// The reference consumer's behaviour: a simulated database write.

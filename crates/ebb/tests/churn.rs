@@ -1,0 +1,199 @@
+//! Liveness under churn: a group scaled 12 → 1 → 12 members again and again under load
+//! (members as `ebb consume` processes, a short heartbeat, one core kept busy to widen
+//! races). After every step, once the group is stable, every partition with lag must
+//! advance; after the last step (a scale-down) and the producer stopping, every committed
+//! offset must reach the log end while the members still run, and the sink must hold every
+//! record. This is the test that catches a partition left unfetched or a commit that never
+//! follows the work.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Child;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ebb_testkit::GroupWatch;
+
+const PARTITIONS: i32 = 12;
+/// Scale steps after the first 12 members start: down, up, down, ... ending down.
+const STEPS: usize = 21;
+
+struct Group {
+    topic: String,
+    group: String,
+    file: std::path::PathBuf,
+    members: Vec<Child>,
+}
+
+impl Group {
+    fn spawn_member(&mut self) {
+        self.members.push(spawn_consumer(
+            &self.topic,
+            &self.group,
+            &self.file,
+            &[
+                "--heartbeat-interval",
+                "300ms",
+                "--dead-letter-topic",
+                "none",
+                "--batch-size",
+                "50",
+            ],
+        ));
+    }
+
+    /// Stops members (SIGTERM) until `n` remain, and waits for them to exit cleanly.
+    fn scale_down(&mut self, n: usize) {
+        let leaving: Vec<Child> = self.members.drain(n..).collect();
+        for child in &leaving {
+            signal(child, libc::SIGTERM);
+        }
+        for child in leaving {
+            let out = finish(child, Duration::from_secs(40));
+            assert!(
+                out.status.success(),
+                "a member stopped with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// Every running member is still running (none gave up on a stall, say).
+    fn assert_alive(&mut self) {
+        for child in &mut self.members {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                panic!("a member exited on its own with {status}: {stderr}");
+            }
+        }
+    }
+}
+
+/// Waits until the coordinator reports the group stable with `members` members.
+fn wait_stable(watch: &GroupWatch, members: usize, step: usize) {
+    wait_until(
+        &format!("step {step}: the group to be stable with {members} member(s)"),
+        Duration::from_secs(30),
+        || {
+            let (state, count) = watch.state();
+            state == "Stable" && count == members
+        },
+    );
+}
+
+/// Every partition that has lag now commits past where it stands within `limit`.
+fn assert_lagging_partitions_advance(watch: &GroupWatch, step: usize, limit: Duration) {
+    let before = watch.offsets();
+    let lagging: Vec<i32> = before
+        .iter()
+        .filter(|(_, (committed, end))| end > committed)
+        .map(|(p, _)| *p)
+        .collect();
+    let started = Instant::now();
+    let mut now = before.clone();
+    loop {
+        let stuck: Vec<(i32, (i64, i64))> = lagging
+            .iter()
+            .filter(|p| now[p].0 <= before[p].0)
+            .map(|p| (*p, now[p]))
+            .collect();
+        if stuck.is_empty() {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "step {step}: partition(s) with lag did not advance within {limit:?}: \
+             (partition, (committed, log end)) {stuck:?}; before: {before:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        now = watch.offsets();
+    }
+}
+
+fn drained(offsets: &BTreeMap<i32, (i64, i64)>) -> bool {
+    offsets.values().all(|(committed, end)| committed == end)
+}
+
+#[test]
+fn a_group_scaled_12_to_1_to_12_twenty_times_under_load_never_stalls_or_loses_a_record() {
+    let started = Instant::now();
+    // One core kept busy, so rebalance callbacks, broker threads and fetchers interleave
+    // in more ways than on an idle machine.
+    let spinning = Arc::new(AtomicBool::new(true));
+    let spinner = {
+        let spinning = spinning.clone();
+        std::thread::spawn(move || {
+            let mut x = 0u64;
+            while spinning.load(Ordering::Relaxed) {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        })
+    };
+
+    let topic = create_topic("churn", PARTITIONS as u32);
+    let mut group = Group {
+        group: unique("churn"),
+        file: temp_file("out.jsonl"),
+        topic,
+        members: Vec::new(),
+    };
+    let watch = GroupWatch::new(&kafka(), &group.group, &group.topic, PARTITIONS);
+    let producer = spawn_producer(&group.topic, "300");
+    for _ in 0..12 {
+        group.spawn_member();
+    }
+    wait_stable(&watch, 12, 0);
+    assert_lagging_partitions_advance(&watch, 0, Duration::from_secs(5));
+
+    for step in 1..=STEPS {
+        let members = if step % 2 == 1 { 1 } else { 12 };
+        if members < group.members.len() {
+            group.scale_down(members);
+        } else {
+            while group.members.len() < members {
+                group.spawn_member();
+            }
+        }
+        wait_stable(&watch, members, step);
+        group.assert_alive();
+        assert_lagging_partitions_advance(&watch, step, Duration::from_secs(5));
+        eprintln!(
+            "step {step}: {members} member(s), every lagging partition advanced ({:.0?} in)",
+            started.elapsed()
+        );
+    }
+
+    signal(&producer, libc::SIGTERM);
+    finish(producer, Duration::from_secs(30));
+    let last = std::cell::RefCell::new(BTreeMap::new());
+    wait_until(
+        "every committed offset to reach the log end after the producer stopped",
+        Duration::from_secs(10),
+        || {
+            *last.borrow_mut() = watch.offsets();
+            drained(&last.borrow())
+        },
+    );
+    group.assert_alive();
+    let ends = last
+        .into_inner()
+        .into_iter()
+        .map(|(p, (_, end))| (p, end))
+        .collect();
+    group.scale_down(0);
+    spinning.store(false, Ordering::Relaxed);
+    let _ = spinner.join();
+
+    let audit = audit(&[Path::new(&group.file)], &ends);
+    eprintln!("{audit:?} after {:.0?}", started.elapsed());
+    assert_eq!(audit.gaps, 0, "{audit:?}");
+}
