@@ -19,8 +19,9 @@ use common::*;
 use ebb_testkit::GroupWatch;
 
 const PARTITIONS: i32 = 12;
-/// Scale steps after the first 12 members start: down, up, down, ... ending down.
-const STEPS: usize = 21;
+/// Scale steps after the first 12 members start: down, up, down, ... ending down (20
+/// round trips and a last scale-down).
+const STEPS: usize = 41;
 
 struct Group {
     topic: String,
@@ -54,6 +55,12 @@ impl Group {
         }
         for child in leaving {
             let out = finish(child, Duration::from_secs(40));
+            // Warnings tell what a failure below was about (and show what churn costs).
+            for line in String::from_utf8_lossy(&out.stderr).lines() {
+                if line.contains("WARN") || line.contains("ERROR") {
+                    eprintln!("  member: {line}");
+                }
+            }
             assert!(
                 out.status.success(),
                 "a member stopped with {}: {}",

@@ -1226,17 +1226,19 @@ fn poll_loop(
         shared.settings.shutdown_timeout
     );
     shared.probes.set_stopping();
+    // Released (drained and committed) first: the sooner the commit, the likelier it
+    // still carries the group's current generation while other members leave too.
+    let owned: Vec<i32> = lock(&context.lanes).keys().copied().collect();
+    context.release(&consumer, &owned, shared.settings.shutdown_timeout, true);
+    committer_stop.store(true, Ordering::SeqCst);
+    shared.commit_wanted.notify_one();
+    let _ = shared.runtime.block_on(committer);
     // The watchdog holds the consumer only while it looks; once it has ended, the drop
     // below is the consumer's last reference.
     stop.store(true, Ordering::SeqCst);
     if let Some(watchdog) = watchdog {
         let _ = watchdog.join();
     }
-    let owned: Vec<i32> = lock(&context.lanes).keys().copied().collect();
-    context.release(&consumer, &owned, shared.settings.shutdown_timeout, true);
-    committer_stop.store(true, Ordering::SeqCst);
-    shared.commit_wanted.notify_one();
-    let _ = shared.runtime.block_on(committer);
     // The last reference: dropping it closes the consumer, which leaves the group now
     // rather than after the session timeout.
     drop(consumer);
