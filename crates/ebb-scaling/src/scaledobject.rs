@@ -432,7 +432,7 @@ fn kafka_trigger(
 mod tests {
     use super::*;
 
-    /// The reference system's ScaledObject (DESIGN.md §2).
+    /// The reference system's ScaledObject (its KEDA values, as the README lists them).
     pub const REFERENCE: &str = r#"
 apiVersion: keda.sh/v1alpha1
 kind: ScaledObject

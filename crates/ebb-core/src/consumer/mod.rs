@@ -12,7 +12,7 @@
 //! batch would send thousands of commits a second at high rates, and a synchronous commit
 //! queued behind them times out).
 //!
-//! The contracts (DESIGN.md §4): an offset is committed only after every record before it
+//! The contracts (docs/DESIGN.md §3): an offset is committed only after every record before it
 //! was handled; on revoke the revoked partitions' in-flight batches finish (bounded) and
 //! are committed synchronously before the partitions are released; on stop the same
 //! happens for every partition and the consumer leaves the group at once.
