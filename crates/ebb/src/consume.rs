@@ -182,6 +182,13 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         )
         .into());
     }
+    if !args.stall_timeout.is_zero() && args.stall_timeout < 3 * args.commit_interval {
+        return Err(UsageError(format!(
+            "--stall-timeout / EBB_STALL_TIMEOUT ({:?}) must be at least 3 × --commit-interval ({:?}), so that commits can move the broker's offset in that time; or 0 to turn the watchdog off",
+            args.stall_timeout, args.commit_interval
+        ))
+        .into());
+    }
     if args.commit_interval.is_zero() {
         return Err(
             UsageError("--commit-interval / EBB_COMMIT_INTERVAL must be > 0".into()).into(),

@@ -461,3 +461,56 @@ fn batches_fill_up_while_the_worker_is_busy_instead_of_closing_small_on_the_cloc
         sum / count
     );
 }
+
+#[test]
+fn commits_are_acknowledged_by_the_broker_and_nothing_is_resent_or_stalled() {
+    // The result of every asynchronous commit must come back (an unreported refusal was
+    // how handled records stayed uncommitted for good), and on a quiet healthy group the
+    // watchdog finds nothing.
+    let topic = create_topic("acks", 4);
+    let group = unique("g");
+    let producer = spawn_producer(&topic, "400");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let consumer = ebb()
+        .args(["consume", "--topic", &topic, "--group", &group])
+        .args(["--metrics-addr", &addr, "--dead-letter-topic", "none"])
+        .args(["--batch-processing-time", "0.05", "--stall-timeout", "4s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("5 acknowledged commits", Duration::from_secs(60), || {
+        metric(&addr, "ebb_consumer_commits_total").is_some_and(|n| n >= 5.0)
+    });
+    // Long enough for the watchdog to have looked several times.
+    std::thread::sleep(Duration::from_secs(6));
+    let resent = metric(&addr, "ebb_consumer_commits_resent_total");
+    let stalled = metric(&addr, "ebb_consumer_stalled_partitions");
+    let stalls = metric(&addr, "ebb_consumer_stalls_total");
+    signal(&producer, libc::SIGTERM);
+    assert!(finish(producer, Duration::from_secs(30)).status.success());
+    let committed_up_to_the_end = || {
+        let ends = end_offsets(&topic);
+        let committed = committed_offsets(&kafka(), &group, &topic);
+        ends.iter().all(|(p, end)| committed.get(p) == Some(end))
+    };
+    wait_until(
+        "the committed offsets to reach the log end with the consumer running",
+        Duration::from_secs(15),
+        committed_up_to_the_end,
+    );
+    signal(&consumer, libc::SIGTERM);
+    let out = finish(consumer, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        resent,
+        Some(0.0),
+        "commits sent again for lack of an answer"
+    );
+    assert_eq!(stalled, Some(0.0));
+    assert_eq!(stalls, None, "no stall was ever counted");
+}

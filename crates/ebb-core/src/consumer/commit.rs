@@ -97,9 +97,11 @@ impl CommitState {
             .compare_exchange(offset, NONE, Ordering::SeqCst, Ordering::SeqCst);
     }
 
-    /// Forget the outstanding request, so the next tick sends again (the stall watchdog's
-    /// first remedy).
+    /// Forget the outstanding request and what was acknowledged, so the next tick sends
+    /// the handled offset again (the stall watchdog's remedy when the broker's committed
+    /// offset stays behind it, e.g. after an older request landed after a newer one).
     pub fn resend(&self) {
+        self.acked.store(NONE, Ordering::SeqCst);
         self.sent.store(NONE, Ordering::SeqCst);
     }
 }
@@ -200,6 +202,18 @@ mod tests {
         assert_eq!(state.take_due(2, wait), None, "9 is outstanding");
         state.acknowledged(9);
         assert!(!state.is_due());
+    }
+
+    #[test]
+    fn a_resend_sends_even_an_acknowledged_offset() {
+        let wait = Duration::from_secs(5);
+        let state = CommitState::default();
+        state.handled(40);
+        state.take_due(0, wait);
+        state.acknowledged(40);
+        assert_eq!(state.take_due(S, wait), None);
+        state.resend();
+        assert_eq!(state.take_due(2 * S, wait).map(|d| d.offset), Some(40));
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub struct StallLabel {
 /// `call` label of the rebalance-call error counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabel {
-    /// `assign`, `incremental_assign` or `incremental_unassign`.
+    /// `assign`, `unassign`, `incremental_assign` or `incremental_unassign`.
     pub call: &'static str,
 }
 
@@ -211,7 +211,7 @@ impl ConsumerMetrics {
         );
         registry.register(
             "ebb_consumer_rebalance_call_errors",
-            "librdkafka assign/incremental_assign/incremental_unassign calls that failed",
+            "librdkafka assign, unassign, incremental_assign and incremental_unassign calls that failed",
             m.rebalance_call_errors,
         );
         registry.register(

@@ -26,6 +26,7 @@
 
 pub mod batch;
 pub mod commit;
+mod commit_request;
 pub mod dead_letter;
 pub mod fetch_queue;
 pub mod metrics;
@@ -38,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
@@ -221,6 +222,11 @@ struct PartitionState {
     released: AtomicBool,
     /// Log-end minus committed offset, from the client's statistics (-1 unknown).
     lag: AtomicI64,
+    /// The next offset librdkafka's fetcher will ask for, from the client's statistics
+    /// (-1 unknown). Past a transaction's commit marker, unlike the application position.
+    fetch_next: AtomicI64,
+    /// Records in librdkafka's queue for this partition, from the same statistics.
+    fetch_queued: AtomicI64,
     /// Records in closed batches sent to the worker and not yet finished.
     queued_records: AtomicUsize,
     /// The worker is retrying a failed write: pause the partition until it succeeds.
@@ -264,8 +270,11 @@ struct Shared {
     first_batch_ns: AtomicU64,
     /// Nanoseconds after `created` when the latest batch finished.
     last_batch_ns: AtomicU64,
-    /// Bumped by every rebalance callback (the watchdog restarts its clocks).
+    /// Bumped when a rebalance callback starts and when it ends (the watchdog restarts its
+    /// clocks).
     rebalances: AtomicU64,
+    /// A rebalance callback is running (a revoke may drain for `--revoke-timeout`).
+    in_rebalance: AtomicBool,
     /// Set to stop the consumer (a request, a signal, or a failure below).
     stop: Arc<AtomicBool>,
     /// Why the consumer stopped by itself, if it did.
@@ -322,6 +331,10 @@ impl ClientContext for Context {
         for (partition, stats) in &topic.partitions {
             if let Some(state) = owned.get(partition) {
                 state.lag.store(stats.consumer_lag, Ordering::Relaxed);
+                state.fetch_next.store(stats.next_offset, Ordering::Relaxed);
+                state
+                    .fetch_queued
+                    .store(stats.fetchq_cnt, Ordering::Relaxed);
                 if stats.consumer_lag >= 0 {
                     self.shared
                         .metrics
@@ -347,7 +360,7 @@ impl ConsumerContext for Context {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        self.shared.rebalances.fetch_add(1, Ordering::SeqCst);
+        let _rebalancing = Rebalancing::start(&self.shared);
         let cooperative = matches!(
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
@@ -418,9 +431,17 @@ impl ConsumerContext for Context {
                 }
             }
             other => {
-                let code: rdkafka::error::RDKafkaErrorCode = other.into();
-                tracing::error!("Rebalance error: {code}");
+                // As rdkafka's default handler does: give everything up, then start afresh.
+                let code: RDKafkaErrorCode = other.into();
                 self.count_rebalance("error");
+                let owned: Vec<i32> = lock(&self.lanes).keys().copied().collect();
+                self.release(consumer, &owned, Duration::ZERO, false);
+                if let Err(e) = consumer.unassign() {
+                    self.call_failed("unassign");
+                    tracing::warn!("librdkafka refused unassign after a rebalance error: {e}");
+                }
+                self.shared
+                    .fail(format!("rebalance of {} failed: {code}", self.shared.topic));
             }
         }
     }
@@ -433,20 +454,21 @@ impl ConsumerContext for Context {
             let Offset::Offset(offset) = element.offset() else {
                 continue;
             };
-            // A request-level error applies to every partition; librdkafka also sets the
-            // partition's own error.
+            // librdkafka sets each partition's own error, and a request-level error applies
+            // to every partition.
             let error = element
                 .error()
                 .err()
-                .or_else(|| result.as_ref().err().cloned());
+                .or_else(|| result.as_ref().err().cloned())
+                .map(|e| e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail));
             let Some(state) = owned.get(&element.partition()) else {
                 continue;
             };
             match error {
                 None => state.commit.acknowledged(offset),
-                Some(e) => {
+                Some(code) => {
                     failed += 1;
-                    first_error.get_or_insert(e);
+                    first_error.get_or_insert(code);
                     // Sent again at the next tick: a commit refused during a rebalance
                     // must not be taken for done.
                     state.commit.failed(offset);
@@ -459,14 +481,49 @@ impl ConsumerContext for Context {
                 self.shared.metrics.commits.inc();
             }
             None => {}
-            Some(e) => {
+            Some(code) => {
                 self.shared.metrics.commit_failures.inc();
-                tracing::warn!(
-                    "Commit of {failed} of {} offset(s) failed: {e}; will send again",
+                let message = format!(
+                    "Commit of {failed} of {} offset(s) refused: {code}; sending again",
                     offsets.count()
                 );
+                if refused_by_rebalance(code) {
+                    // Expected while the group changes; the next tick sends it again.
+                    tracing::debug!("{message}");
+                } else {
+                    tracing::warn!("{message}");
+                }
             }
         }
+    }
+}
+
+/// Commit errors that a group change explains (the member's generation moved on).
+fn refused_by_rebalance(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::IllegalGeneration
+            | RDKafkaErrorCode::RebalanceInProgress
+            | RDKafkaErrorCode::UnknownMemberId
+            | RDKafkaErrorCode::StaleMemberEpoch
+    )
+}
+
+/// Marks a rebalance callback as running, for the watchdog, until dropped.
+struct Rebalancing<'a>(&'a Shared);
+
+impl<'a> Rebalancing<'a> {
+    fn start(shared: &'a Shared) -> Self {
+        shared.in_rebalance.store(true, Ordering::SeqCst);
+        shared.rebalances.fetch_add(1, Ordering::SeqCst);
+        Rebalancing(shared)
+    }
+}
+
+impl Drop for Rebalancing<'_> {
+    fn drop(&mut self) {
+        self.0.rebalances.fetch_add(1, Ordering::SeqCst);
+        self.0.in_rebalance.store(false, Ordering::SeqCst);
     }
 }
 
@@ -499,6 +556,8 @@ impl Context {
                 commit: CommitState::default(),
                 released: AtomicBool::new(false),
                 lag: AtomicI64::new(-1),
+                fetch_next: AtomicI64::new(-1),
+                fetch_queued: AtomicI64::new(-1),
                 queued_records: AtomicUsize::new(0),
                 held: AtomicBool::new(false),
             });
@@ -590,10 +649,9 @@ impl Context {
         if commit {
             let mut tpl = TopicPartitionList::new();
             for state in &states {
-                // Commit whatever was not acknowledged yet, even if an asynchronous commit
-                // of the same offset is outstanding: it may be refused while the group
-                // rebalances.
-                if state.commit.is_due() {
+                // Commit what was handled even if it was acknowledged: the broker's offset
+                // can be behind it when an older request landed after a newer one.
+                if state.commit.handled_offset() >= 0 {
                     let _ = tpl.add_partition_offset(
                         &shared.topic,
                         state.partition,
@@ -907,8 +965,12 @@ async fn run_committer(
         }
         let now = shared.now_ns();
         let mut tpl = TopicPartitionList::new();
+        // Held until the request is queued (which does not wait for the broker): a
+        // partition released meanwhile must not see this older offset land after its final
+        // commit.
+        let owned = lock(&shared.owned);
         let mut sent = Vec::new();
-        for state in lock(&shared.owned).values() {
+        for state in owned.values() {
             if let Some(due) = state.commit.take_due(now, resend_after) {
                 if due.resent {
                     shared.metrics.commits_resent.inc();
@@ -929,11 +991,12 @@ async fn run_committer(
         if tpl.count() == 0 {
             continue;
         }
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        if let Err(e) = commit_request::commit_async(&consumer, &tpl) {
             shared.metrics.commit_failures.inc();
             tracing::warn!("Cannot commit offsets: {e}; will send again");
             sent.iter().for_each(|(s, o)| s.commit.failed(*o));
         }
+        drop(owned);
     }
 }
 
@@ -958,9 +1021,15 @@ impl RunningConsumer {
     /// Waits until the consumer has stopped and left the group.
     pub async fn wait(self) -> ConsumerReport {
         let thread = self.poll_thread;
-        tokio::task::spawn_blocking(move || thread.join().unwrap_or_default())
-            .await
-            .unwrap_or_default()
+        let failed = |what: &str| ConsumerReport {
+            failure: Some(format!("the consumer's {what} failed unexpectedly")),
+            ..ConsumerReport::default()
+        };
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(report)) => report,
+            Ok(Err(_)) => failed("poll thread"),
+            Err(_) => failed("waiting task"),
+        }
     }
 }
 
@@ -1075,6 +1144,7 @@ pub async fn start(
         first_batch_ns: AtomicU64::new(u64::MAX),
         last_batch_ns: AtomicU64::new(0),
         rebalances: AtomicU64::new(0),
+        in_rebalance: AtomicBool::new(false),
         stop: stop.clone(),
         failure: Mutex::new(None),
     });
@@ -1237,7 +1307,15 @@ fn poll_loop(
     // below is the consumer's last reference.
     stop.store(true, Ordering::SeqCst);
     if let Some(watchdog) = watchdog {
-        let _ = watchdog.join();
+        // It ends within 100 ms unless a request of its own is under way; do not keep the
+        // group waiting on that for long.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !watchdog.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if watchdog.is_finished() {
+            let _ = watchdog.join();
+        }
     }
     // The last reference: dropping it closes the consumer, which leaves the group now
     // rather than after the session timeout.

@@ -25,8 +25,15 @@ pub struct Snapshot {
     pub log_end: i64,
     /// The group's committed offset (the broker's, read now); `None` if never committed.
     pub committed: Option<i64>,
-    /// The next offset the client hands this consumer (its fetch position); `None` before
-    /// the first record.
+    /// Where the consumer starts without a position: the committed offset, else the log
+    /// start.
+    pub start: i64,
+    /// The client's fetcher is at the log end with nothing left in its queue (from its
+    /// statistics): what remains between the position and the log end is a transaction
+    /// marker, not records.
+    pub fetched_to_end: bool,
+    /// The next offset the client hands this consumer (its application position); `None`
+    /// before the first record.
     pub position: Option<i64>,
     /// One past the last record the worker handled; `None` before the first batch.
     pub handled: Option<i64>,
@@ -36,12 +43,13 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Records wait beyond where this consumer stands (its position, else the committed
-    /// offset). A partition never committed and never fetched is measured from 0, which
-    /// over-counts only when retention removed records never consumed.
+    /// Records wait beyond where this consumer stands (its position, else where it starts).
     fn waiting(&self) -> bool {
-        let at = self.position.or(self.committed).unwrap_or(0);
-        self.log_end > at
+        self.log_end > self.at() && !self.fetched_to_end
+    }
+
+    fn at(&self) -> i64 {
+        self.position.unwrap_or(self.start)
     }
 
     /// Handled beyond the broker's committed offset.
@@ -145,12 +153,11 @@ impl StallDetector {
             if let Some(since) = watch.waiting_since
                 && now.duration_since(since) >= self.timeout
             {
-                let at = s.position.or(s.committed).unwrap_or(0);
                 stalls.push(Stall {
                     partition: s.partition,
                     kind: StallKind::Fetch,
                     for_: now.duration_since(since),
-                    records: s.log_end - at,
+                    records: s.log_end - s.at(),
                 });
             }
             if let Some(since) = watch.unacked_since
@@ -181,23 +188,32 @@ pub(super) mod runner {
     use std::sync::{Arc, Weak};
     use std::time::{Duration, Instant};
 
+    use rdkafka::Offset;
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{Offset, TopicPartitionList};
 
     use super::{Snapshot, Stall, StallDetector, StallKind, check_interval};
     use crate::consumer::metrics::StallLabel;
     use crate::consumer::{Context, Shared, lock};
     use crate::lag::LagProbe;
 
-    /// Runs until the consumer stops: every [`check_interval`], reads the broker's
-    /// committed and log-end offsets and the client's positions, and reports stalls.
+    /// Failed looks in a row before the watchdog says it cannot see.
+    const BLIND_AFTER: u32 = 3;
+
+    /// Runs until the consumer stops: every [`check_interval`], reads the group's state,
+    /// its committed and the topic's log-end offsets, and the client's positions, and
+    /// reports stalls.
+    ///
+    /// It only judges a stable group: while this member is in a rebalance callback (a
+    /// revoke drain can take `--revoke-timeout`), while the coordinator reports the group
+    /// rebalancing, or when the broker cannot be asked, the clocks start again.
     ///
     /// Remedies: a stall is logged, counted (`ebb_consumer_stalls_total`), shown in
-    /// `ebb_consumer_stalled_partitions` and makes `/readyz` answer 503. At once, a commit
-    /// stall has its offset sent again and a fetch stall has its partition sought to where
-    /// it stands (which restarts librdkafka's fetcher for it). If the partition is still
-    /// stalled after another timeout, the consumer stops (draining and committing what it
-    /// can) and reports a failure, so that its supervisor starts a fresh member.
+    /// `ebb_consumer_stalled_partitions` and makes `/readyz` answer 503; a commit stall has
+    /// its offset sent again at once. A partition still stalled after another timeout
+    /// makes the consumer stop (draining and committing what it can) and report a failure,
+    /// so that its supervisor starts a fresh member, which fetches from the committed
+    /// offsets. (No fetch remedy short of that: a seek does not lift a pause librdkafka
+    /// itself holds, and seeking past records still in its queue would skip them.)
     pub fn run(
         shared: Arc<Shared>,
         consumer: Weak<BaseConsumer<Context>>,
@@ -209,6 +225,7 @@ pub(super) mod runner {
         let mut seen_rebalances = shared.rebalances.load(Ordering::SeqCst);
         let mut reported: HashSet<(i32, StallKind)> = HashSet::new();
         let mut not_ready = false;
+        let mut failed_looks = 0u32;
         let mut next = Instant::now() + interval;
         while !shared.stop.load(Ordering::SeqCst) {
             let now = Instant::now();
@@ -218,17 +235,42 @@ pub(super) mod runner {
             }
             next = now + interval;
             let rebalances = shared.rebalances.load(Ordering::SeqCst);
-            if rebalances != seen_rebalances {
+            if rebalances != seen_rebalances || shared.in_rebalance.load(Ordering::SeqCst) {
                 seen_rebalances = rebalances;
                 detector.rebalanced();
+                continue;
             }
             let Some(consumer) = consumer.upgrade() else {
                 return;
             };
-            let Some(snapshots) = snapshots(&shared, &consumer, &probe) else {
-                continue;
+            let look = look(&shared, &consumer, &probe);
+            drop(consumer);
+            let snapshots = match look {
+                Ok(Some(snapshots)) => {
+                    failed_looks = 0;
+                    snapshots
+                }
+                Ok(None) => {
+                    // The group is rebalancing (another member's change).
+                    detector.rebalanced();
+                    continue;
+                }
+                Err(e) => {
+                    failed_looks += 1;
+                    if failed_looks == BLIND_AFTER {
+                        tracing::warn!(
+                            "Stall watchdog: cannot read the offsets of {} ({e}); it judges nothing until it can",
+                            shared.topic
+                        );
+                    }
+                    // An outage is not a partition's stall: start the clocks again.
+                    detector.rebalanced();
+                    continue;
+                }
             };
-            if shared.rebalances.load(Ordering::SeqCst) != seen_rebalances {
+            if shared.rebalances.load(Ordering::SeqCst) != seen_rebalances
+                || shared.in_rebalance.load(Ordering::SeqCst)
+            {
                 continue; // Taken across a rebalance: look again next time.
             }
             let stalls = detector.observe(Instant::now(), &snapshots);
@@ -237,7 +279,7 @@ pub(super) mod runner {
                 stalls.iter().map(|s| (s.partition, s.kind)).collect();
             for stall in &stalls {
                 if reported.insert((stall.partition, stall.kind)) {
-                    first_remedy(&shared, &consumer, stall, &snapshots);
+                    first_remedy(&shared, stall);
                 } else if stall.for_ >= 2 * timeout {
                     shared.fail(describe(&shared, stall));
                 }
@@ -273,23 +315,21 @@ pub(super) mod runner {
         }
     }
 
-    /// Every owned partition's snapshot, or `None` when the broker could not be asked (an
-    /// outage is not a partition's stall; the next look tries again).
-    fn snapshots(
+    /// Every owned partition's snapshot; `Ok(None)` while the coordinator reports the group
+    /// rebalancing; an error when the broker could not be asked.
+    fn look(
         shared: &Shared,
         consumer: &BaseConsumer<Context>,
         probe: &LagProbe,
-    ) -> Option<Vec<Snapshot>> {
-        let offsets = match probe.offsets() {
-            Ok(offsets) => offsets,
-            Err(e) => {
-                tracing::debug!("Stall watchdog: cannot read offsets: {e}");
-                return None;
-            }
-        };
+    ) -> Result<Option<Vec<Snapshot>>, String> {
+        let state = probe.group_state().map_err(|e| e.to_string())?;
+        if state != "Stable" {
+            return Ok(None);
+        }
+        let offsets = probe.offsets().map_err(|e| e.to_string())?;
         let positions: HashMap<i32, i64> = consumer
             .position()
-            .ok()?
+            .map_err(|e| e.to_string())?
             .elements_for_topic(&shared.topic)
             .iter()
             .filter_map(|e| match e.offset() {
@@ -298,16 +338,20 @@ pub(super) mod runner {
             })
             .collect();
         let owned = lock(&shared.owned);
-        Some(
+        Ok(Some(
             offsets
                 .iter()
                 .filter_map(|row| {
                     let state = owned.get(&row.partition)?;
                     let handled = state.commit.handled_offset();
+                    let fetch_next = state.fetch_next.load(Ordering::Relaxed);
+                    let fetch_queued = state.fetch_queued.load(Ordering::Relaxed);
                     Some(Snapshot {
                         partition: row.partition,
                         log_end: row.log_end,
                         committed: row.committed,
+                        start: row.log_end - row.lag,
+                        fetched_to_end: fetch_queued == 0 && fetch_next >= row.log_end,
                         position: positions.get(&row.partition).copied(),
                         handled: (handled >= 0).then_some(handled),
                         busy: state.queued_records.load(Ordering::SeqCst) > 0
@@ -315,7 +359,7 @@ pub(super) mod runner {
                     })
                 })
                 .collect(),
-        )
+        ))
     }
 
     fn describe(shared: &Shared, stall: &Stall) -> String {
@@ -331,13 +375,8 @@ pub(super) mod runner {
         }
     }
 
-    /// Reports a new stall and tries the cheap remedy.
-    fn first_remedy(
-        shared: &Shared,
-        consumer: &BaseConsumer<Context>,
-        stall: &Stall,
-        snapshots: &[Snapshot],
-    ) {
+    /// Reports a new stall and, for a commit stall, sends the commit again.
+    fn first_remedy(shared: &Shared, stall: &Stall) {
         shared
             .metrics
             .stalls
@@ -354,26 +393,7 @@ pub(super) mod runner {
                 }
             }
             StallKind::Fetch => {
-                let at = snapshots
-                    .iter()
-                    .find(|s| s.partition == stall.partition)
-                    .and_then(|s| s.position.or(s.committed));
-                tracing::warn!("{what}; restarting its fetch");
-                if let Some(at) = at {
-                    let mut tpl = TopicPartitionList::new();
-                    let _ = tpl.add_partition_offset(
-                        &shared.topic,
-                        stall.partition,
-                        Offset::Offset(at),
-                    );
-                    if let Err(e) = consumer.seek_partitions(tpl, Duration::from_secs(5)) {
-                        tracing::warn!(
-                            "Partition {} of {}: cannot restart its fetch: {e}",
-                            stall.partition,
-                            shared.topic
-                        );
-                    }
-                }
+                tracing::warn!("{what}; the consumer stops if this lasts as long again");
             }
         }
     }
@@ -390,6 +410,8 @@ mod tests {
             partition,
             log_end: 100,
             committed: Some(100),
+            start: 100,
+            fetched_to_end: false,
             position: Some(100),
             handled: Some(100),
             busy: false,
@@ -465,6 +487,7 @@ mod tests {
         let s = Snapshot {
             log_end: 53,
             committed: None,
+            start: 0,
             position: None,
             handled: None,
             ..snap(5)
@@ -473,6 +496,31 @@ mod tests {
         assert_eq!(stalls.len(), 1);
         assert_eq!(stalls[0].kind, StallKind::Fetch);
         assert_eq!(stalls[0].records, 53);
+    }
+
+    #[test]
+    fn a_transaction_marker_at_the_log_end_is_not_waiting_records() {
+        let mut d = StallDetector::new(TIMEOUT);
+        let s = Snapshot {
+            log_end: 101,
+            fetched_to_end: true,
+            ..snap(4)
+        };
+        assert!(run(&mut d, Instant::now(), 60.0, s).is_empty());
+    }
+
+    #[test]
+    fn a_never_committed_partition_is_measured_from_the_log_start() {
+        let mut d = StallDetector::new(TIMEOUT);
+        let s = Snapshot {
+            log_end: 500,
+            committed: None,
+            start: 500,
+            position: None,
+            handled: None,
+            ..snap(6)
+        };
+        assert!(run(&mut d, Instant::now(), 60.0, s).is_empty());
     }
 
     #[test]
