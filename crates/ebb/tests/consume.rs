@@ -357,8 +357,10 @@ fn a_failing_sink_holds_the_partition_and_nothing_is_committed_past_it() {
 
 #[test]
 fn bad_configuration_exits_2_and_names_the_setting() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["consume", "--batch-size", "0"], "--batch-size"),
+        (&["consume", "--stall-timeout", "2s"], "--stall-timeout"),
+        (&["consume", "--sink-delay", "slow"], "--sink-delay"),
         (&["consume", "--batch-timeout", "soon"], "--batch-timeout"),
         (&["consume", "--sink", "file"], "--sink-file"),
         (&["consume", "--retry-backoff", "0s"], "--retry-backoff"),
