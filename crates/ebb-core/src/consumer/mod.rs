@@ -677,6 +677,38 @@ impl Context {
         count
     }
 
+    /// Commits, synchronously, every owned partition's handled offset not yet
+    /// acknowledged.
+    fn commit_due(&self, consumer: &BaseConsumer<Self>) {
+        let shared = &self.shared;
+        let mut tpl = TopicPartitionList::new();
+        let mut due = Vec::new();
+        for state in lock(&shared.owned).values() {
+            if state.commit.is_due() {
+                let offset = state.commit.handled_offset();
+                let _ = tpl.add_partition_offset(
+                    &shared.topic,
+                    state.partition,
+                    Offset::Offset(offset),
+                );
+                due.push((state.clone(), offset));
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => {
+                shared.metrics.commits.inc();
+                due.iter().for_each(|(s, o)| s.commit.acknowledged(*o));
+            }
+            Err(e) => {
+                shared.metrics.commit_failures.inc();
+                tracing::debug!("Commit before draining failed: {e}; committing after it");
+            }
+        }
+    }
+
     /// Gives `partition` a librdkafka queue of its own, which wakes the poll thread when
     /// records arrive on it.
     fn split_queue(&self, partition: i32) -> Option<FetchQueue<Context>> {
@@ -1298,6 +1330,10 @@ fn poll_loop(
     shared.probes.set_stopping();
     // Released (drained and committed) first: the sooner the commit, the likelier it
     // still carries the group's current generation while other members leave too.
+    // What was handled before the stop is committed at once, before the drain: when
+    // several members stop together, each leave moves the group's generation on, and a
+    // commit made only after the drain can be refused (its batches then run again).
+    context.commit_due(&consumer);
     let owned: Vec<i32> = lock(&context.lanes).keys().copied().collect();
     context.release(&consumer, &owned, shared.settings.shutdown_timeout, true);
     committer_stop.store(true, Ordering::SeqCst);
