@@ -421,31 +421,18 @@ fn the_kip_848_consumer_protocol_consumes_everything() {
 fn batches_fill_up_while_the_worker_is_busy_instead_of_closing_small_on_the_clock() {
     let topic = create_topic("natural-batching", 12);
     let producer = spawn_producer(&topic, "800");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let consumer = ebb()
-        .args([
-            "consume",
-            "--topic",
-            &topic,
-            "--group",
-            &unique("g"),
-            "--metrics-addr",
-            &addr,
-        ])
-        .args([
+    let (consumer, addr) = spawn_consumer_with_metrics(
+        &topic,
+        &unique("g"),
+        &[
             "--batch-size",
             "50",
             "--batch-processing-time",
             "0.5",
             "--max-in-flight",
             "2",
-        ])
-        .args(["--dead-letter-topic", "none"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+    );
     wait_until("40 batches", Duration::from_secs(60), || {
         metric(&addr, "ebb_consumer_batch_size_records_count").is_some_and(|n| n >= 40.0)
     });
@@ -472,15 +459,11 @@ fn commits_are_acknowledged_by_the_broker_and_nothing_is_resent_or_stalled() {
     let topic = create_topic("acks", 4);
     let group = unique("g");
     let producer = spawn_producer(&topic, "400");
-    let addr = format!("127.0.0.1:{}", free_port());
-    let consumer = ebb()
-        .args(["consume", "--topic", &topic, "--group", &group])
-        .args(["--metrics-addr", &addr, "--dead-letter-topic", "none"])
-        .args(["--batch-processing-time", "0.05", "--stall-timeout", "4s"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (consumer, addr) = spawn_consumer_with_metrics(
+        &topic,
+        &group,
+        &["--batch-processing-time", "0.05", "--stall-timeout", "4s"],
+    );
     wait_until("5 acknowledged commits", Duration::from_secs(60), || {
         metric(&addr, "ebb_consumer_commits_total").is_some_and(|n| n >= 5.0)
     });

@@ -429,6 +429,28 @@ mod tests {
         last
     }
 
+    /// The one stall expected after the timeout.
+    fn stalled(partition: i32, kind: StallKind, records: i64) -> Vec<Stall> {
+        vec![Stall {
+            partition,
+            kind,
+            for_: TIMEOUT,
+            records,
+        }]
+    }
+
+    /// Observes one snapshot a second, `snapshot(i)` at second i, and checks that none
+    /// stalls.
+    fn never_stalls(seconds: u64, snapshot: impl Fn(i64) -> Snapshot) {
+        let mut d = StallDetector::new(TIMEOUT);
+        let start = Instant::now();
+        for i in 0..seconds {
+            let s = snapshot(i as i64);
+            let stalls = d.observe(start + Duration::from_secs(i), &[s]);
+            assert!(stalls.is_empty(), "second {i}: {stalls:?}");
+        }
+    }
+
     #[test]
     fn a_caught_up_partition_never_stalls() {
         let mut d = StallDetector::new(TIMEOUT);
@@ -445,40 +467,25 @@ mod tests {
         let start = Instant::now();
         assert!(run(&mut d, start, 7.5, s).is_empty(), "not yet");
         let stalls = d.observe(start + Duration::from_secs(10), &[s]);
-        assert_eq!(
-            stalls,
-            vec![Stall {
-                partition: 3,
-                kind: StallKind::Fetch,
-                for_: Duration::from_secs(10),
-                records: 281
-            }]
-        );
+        assert_eq!(stalls, stalled(3, StallKind::Fetch, 281));
     }
 
     #[test]
     fn a_moving_position_or_a_busy_worker_is_not_a_stall() {
-        let mut d = StallDetector::new(TIMEOUT);
-        let start = Instant::now();
-        for i in 0..20 {
-            let s = Snapshot {
-                log_end: 1000 + i * 10,
-                position: Some(900 + i * 10),
-                committed: Some(900 + i * 10),
-                handled: Some(900 + i * 10),
-                ..snap(0)
-            };
-            assert!(
-                d.observe(start + Duration::from_secs(i as u64), &[s])
-                    .is_empty()
-            );
-        }
+        never_stalls(20, |i| Snapshot {
+            log_end: 1000 + i * 10,
+            position: Some(900 + i * 10),
+            committed: Some(900 + i * 10),
+            handled: Some(900 + i * 10),
+            ..snap(0)
+        });
         let busy = Snapshot {
             log_end: 5000,
             busy: true,
             ..snap(1)
         };
-        assert!(run(&mut d, start, 60.0, busy).is_empty());
+        let mut d = StallDetector::new(TIMEOUT);
+        assert!(run(&mut d, Instant::now(), 60.0, busy).is_empty());
     }
 
     #[test]
@@ -534,34 +541,18 @@ mod tests {
             ..snap(7)
         };
         let stalls = run(&mut d, Instant::now(), 10.0, s);
-        assert_eq!(
-            stalls,
-            vec![Stall {
-                partition: 7,
-                kind: StallKind::Commit,
-                for_: Duration::from_secs(10),
-                records: 53
-            }]
-        );
+        assert_eq!(stalls, stalled(7, StallKind::Commit, 53));
     }
 
     #[test]
     fn commits_that_keep_moving_are_not_a_stall_even_when_behind() {
-        let mut d = StallDetector::new(TIMEOUT);
-        let start = Instant::now();
-        for i in 0..30 {
-            let s = Snapshot {
-                log_end: 2000 + i * 100,
-                committed: Some(1000 + i * 100),
-                position: Some(2000 + i * 100),
-                handled: Some(1900 + i * 100),
-                ..snap(0)
-            };
-            assert!(
-                d.observe(start + Duration::from_secs(i as u64), &[s])
-                    .is_empty()
-            );
-        }
+        never_stalls(30, |i| Snapshot {
+            log_end: 2000 + i * 100,
+            committed: Some(1000 + i * 100),
+            position: Some(2000 + i * 100),
+            handled: Some(1900 + i * 100),
+            ..snap(0)
+        });
     }
 
     #[test]

@@ -107,6 +107,21 @@ pub fn spawn_consumer(topic: &str, group: &str, file: &Path, extra: &[&str]) -> 
         .expect("spawn consumer")
 }
 
+/// Starts `ebb consume` with the sim sink, no dead-letter topic and its metrics on a port
+/// of its own; returns the child and the metrics address.
+pub fn spawn_consumer_with_metrics(topic: &str, group: &str, extra: &[&str]) -> (Child, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = ebb()
+        .args(["consume", "--topic", topic, "--group", group])
+        .args(["--metrics-addr", &addr, "--dead-letter-topic", "none"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn consumer");
+    (child, addr)
+}
+
 /// Sends `signal` to a child.
 pub fn signal(child: &Child, signal: i32) {
     // SAFETY: kill(2) with a pid we own; no memory is involved.
