@@ -265,9 +265,9 @@ pub fn committed_offsets(
     for p in 0..metadata.topics()[0].partitions().len() as i32 {
         tpl.add_partition(topic, p);
     }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets");
+    let committed = retry_while_coordinator_loads("committed offsets", || {
+        consumer.committed_offsets(tpl.clone(), Duration::from_secs(10))
+    });
     committed
         .elements()
         .iter()
@@ -311,12 +311,13 @@ impl GroupWatch {
     }
 
     /// The group's state ("Stable", "PreparingRebalance", ...) and member count.
+    ///
     pub fn state(&self) -> (String, usize) {
         use rdkafka::consumer::Consumer;
-        let list = self
-            .consumer
-            .fetch_group_list(Some(&self.group), std::time::Duration::from_secs(10))
-            .expect("describe group");
+        let list = retry_while_coordinator_loads(&format!("describe group {}", self.group), || {
+            self.consumer
+                .fetch_group_list(Some(&self.group), std::time::Duration::from_secs(10))
+        });
         list.groups().first().map_or(("Dead".into(), 0), |g| {
             (g.state().into(), g.members().len())
         })
@@ -331,10 +332,9 @@ impl GroupWatch {
         for p in 0..self.partitions {
             tpl.add_partition(&self.topic, p);
         }
-        let committed = self
-            .consumer
-            .committed_offsets(tpl, timeout)
-            .expect("committed offsets");
+        let committed = retry_while_coordinator_loads("committed offsets", || {
+            self.consumer.committed_offsets(tpl.clone(), timeout)
+        });
         committed
             .elements()
             .iter()
@@ -350,5 +350,31 @@ impl GroupWatch {
                 (e.partition(), (c, end))
             })
             .collect()
+    }
+}
+
+/// Runs a group-coordinator request, trying again for up to 30 s while the coordinator
+/// answers that it is loading or moving (as it does right after the broker starts); any
+/// other error, or one that outlasts that, fails the test naming `what`.
+fn retry_while_coordinator_loads<T>(
+    what: &str,
+    mut request: impl FnMut() -> rdkafka::error::KafkaResult<T>,
+) -> T {
+    use rdkafka::types::RDKafkaErrorCode::*;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match request() {
+            Ok(answer) => return answer,
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && matches!(
+                        e.rdkafka_error_code(),
+                        Some(CoordinatorLoadInProgress | CoordinatorNotAvailable | NotCoordinator)
+                    ) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
     }
 }
