@@ -181,32 +181,18 @@ pub fn tune(
     })
 }
 
-/// A ready-to-apply ScaledObject for `spec`.
+/// A ready-to-apply ScaledObject for `spec`, scaling the Deployment `name`. KEDA takes the
+/// brokers from the Deployment's container env (`bootstrapServersFromEnv`): it expands no
+/// `${...}` placeholders, and a literal one fails with "missing port in address".
 pub fn scaled_object_yaml(spec: &ScaledObjectSpec, name: &str, topic: &str, group: &str) -> String {
-    let rules = |r: &ScalingRules| {
-        let mut out = format!(
-            "          stabilizationWindowSeconds: {}\n          selectPolicy: {:?}\n          policies:\n",
-            r.stabilization_window.as_secs(),
-            r.select_policy
-        );
-        for p in &r.policies {
-            out.push_str(&format!(
-                "            - type: {:?}\n              value: {}\n              periodSeconds: {}\n",
-                p.kind,
-                p.value,
-                p.period.as_secs()
-            ));
-        }
-        out
-    };
     let t = &spec.trigger;
     format!(
         concat!(
             "apiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata:\n  name: {name}\nspec:\n",
             "  scaleTargetRef:\n    name: {name}\n  pollingInterval: {polling}\n  cooldownPeriod: {cooldown}\n",
             "  minReplicaCount: {min}\n  maxReplicaCount: {max}\n  advanced:\n    horizontalPodAutoscalerConfig:\n",
-            "      behavior:\n        scaleUp:\n{up}        scaleDown:\n{down}",
-            "  triggers:\n    - type: kafka\n      metadata:\n        bootstrapServers: ${{KAFKA_BOOTSTRAP_SERVERS}}\n",
+            "      behavior:\n{behavior}",
+            "  triggers:\n    - type: kafka\n      metadata:\n        bootstrapServersFromEnv: KAFKA_BOOTSTRAP_SERVERS\n",
             "        consumerGroup: {group}\n        topic: {topic}\n        lagThreshold: \"{lag}\"\n",
             "        activationLagThreshold: \"{activation}\"\n        offsetResetPolicy: {reset}\n",
             "        allowIdleConsumers: \"{idle}\"\n"
@@ -216,18 +202,73 @@ pub fn scaled_object_yaml(spec: &ScaledObjectSpec, name: &str, topic: &str, grou
         cooldown = spec.cooldown_period.as_secs(),
         min = spec.min_replica_count,
         max = spec.max_replica_count,
-        up = rules(&spec.behavior.scale_up),
-        down = rules(&spec.behavior.scale_down),
+        behavior = behavior_yaml(spec, 8),
         group = group,
         topic = topic,
         lag = t.lag_threshold,
         activation = t.activation_lag_threshold,
-        reset = match t.offset_reset_policy {
-            crate::keda::OffsetResetPolicy::Latest => "latest",
-            crate::keda::OffsetResetPolicy::Earliest => "earliest",
-        },
+        reset = offset_reset_policy(spec),
         idle = t.allow_idle_consumers,
     )
+}
+
+/// The same configuration as values for the Helm chart `deploy/helm/ebb` in its keda-lag
+/// mode, to pass with `helm install -f`.
+pub fn helm_values_yaml(spec: &ScaledObjectSpec, topic: &str, group: &str) -> String {
+    let t = &spec.trigger;
+    format!(
+        concat!(
+            "kafka:\n  topic: {topic}\n  consumerGroup: {group}\n",
+            "scaling:\n  mode: keda-lag\n  minReplicaCount: {min}\n  maxReplicaCount: {max}\n",
+            "  pollingInterval: {polling}\n  cooldownPeriod: {cooldown}\n",
+            "  kedaLag:\n    lagThreshold: \"{lag}\"\n    activationLagThreshold: \"{activation}\"\n",
+            "    offsetResetPolicy: {reset}\n    allowIdleConsumers: {idle}\n",
+            "  behavior:\n{behavior}"
+        ),
+        topic = topic,
+        group = group,
+        min = spec.min_replica_count,
+        max = spec.max_replica_count,
+        polling = spec.polling_interval.as_secs(),
+        cooldown = spec.cooldown_period.as_secs(),
+        lag = t.lag_threshold,
+        activation = t.activation_lag_threshold,
+        reset = offset_reset_policy(spec),
+        idle = t.allow_idle_consumers,
+        behavior = behavior_yaml(spec, 4),
+    )
+}
+
+fn offset_reset_policy(spec: &ScaledObjectSpec) -> &'static str {
+    match spec.trigger.offset_reset_policy {
+        crate::keda::OffsetResetPolicy::Latest => "latest",
+        crate::keda::OffsetResetPolicy::Earliest => "earliest",
+    }
+}
+
+/// An HPA `behavior` block (scaleUp and scaleDown), each line indented by `indent` spaces.
+fn behavior_yaml(spec: &ScaledObjectSpec, indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    let mut out = String::new();
+    for (direction, r) in [
+        ("scaleUp", &spec.behavior.scale_up),
+        ("scaleDown", &spec.behavior.scale_down),
+    ] {
+        out.push_str(&format!(
+            "{pad}{direction}:\n{pad}  stabilizationWindowSeconds: {}\n{pad}  selectPolicy: {:?}\n{pad}  policies:\n",
+            r.stabilization_window.as_secs(),
+            r.select_policy
+        ));
+        for p in &r.policies {
+            out.push_str(&format!(
+                "{pad}    - type: {:?}\n{pad}      value: {}\n{pad}      periodSeconds: {}\n",
+                p.kind,
+                p.value,
+                p.period.as_secs()
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -251,6 +292,41 @@ mod tests {
         let back =
             parse_scaled_object(&yaml, "tuned.yaml").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         assert_eq!(back, spec);
+        assert!(
+            !yaml.contains("${"),
+            "KEDA expands no placeholders, so none may be printed:\n{yaml}"
+        );
+    }
+
+    #[test]
+    fn the_helm_values_carry_the_same_configuration() {
+        let spec = grid(&ScaledObjectSpec::default())[1234].clone();
+        let values: serde_yaml::Value =
+            serde_yaml::from_str(&helm_values_yaml(&spec, "orders", "order-workers")).unwrap();
+        let scaling = &values["scaling"];
+        assert_eq!(values["kafka"]["topic"].as_str(), Some("orders"));
+        assert_eq!(
+            values["kafka"]["consumerGroup"].as_str(),
+            Some("order-workers")
+        );
+        assert_eq!(scaling["mode"].as_str(), Some("keda-lag"));
+        assert_eq!(
+            scaling["pollingInterval"].as_u64(),
+            Some(spec.polling_interval.as_secs())
+        );
+        assert_eq!(
+            scaling["kedaLag"]["lagThreshold"].as_str(),
+            Some(spec.trigger.lag_threshold.to_string().as_str())
+        );
+        let up = &scaling["behavior"]["scaleUp"];
+        assert_eq!(
+            up["stabilizationWindowSeconds"].as_u64(),
+            Some(spec.behavior.scale_up.stabilization_window.as_secs())
+        );
+        assert_eq!(
+            up["policies"].as_sequence().map(Vec::len),
+            Some(spec.behavior.scale_up.policies.len())
+        );
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! (or reuses one already answering) once per test process, and panics with the fix when
 //! Java or Maven is missing. [`postgres`] does the same for the local PostgreSQL server
 //! through `scripts/postgres-local`. Tests never skip: without them they fail.
+//! [`kube`] has the Kubernetes tools and a real API server for the deploy tests.
+
+pub mod kube;
 
 use std::path::PathBuf;
 use std::process::Command;

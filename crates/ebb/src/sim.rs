@@ -12,7 +12,7 @@ use ebb_scaling::policy::{EbbRate, KedaLag, Policy};
 use ebb_scaling::scaledobject::parse_scaled_object;
 use ebb_scaling::scenario::{Scenario, parse_scenario};
 use ebb_scaling::sim::{SimResult, Summary, series_csv, simulate};
-use ebb_scaling::tune::{grid, scaled_object_yaml, tune};
+use ebb_scaling::tune::{grid, helm_values_yaml, scaled_object_yaml, tune};
 
 use crate::args::{UsageError, parse_duration};
 
@@ -47,9 +47,28 @@ pub struct TuneArgs {
     /// Threads to simulate on; default: the machine's cores.
     #[arg(long)]
     threads: Option<usize>,
-    /// Also write the winning ScaledObject to this file.
+    /// Also write the winner (in `--format`) to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// How to print the winner: a KEDA ScaledObject to apply as is, or values for the Helm
+    /// chart deploy/helm/ebb (`helm install -f tuned.yaml`).
+    #[arg(long, value_enum, default_value_t = TuneFormat::ScaledObject)]
+    format: TuneFormat,
+    /// The consumer Deployment the ScaledObject scales (and its name).
+    #[arg(long, default_value = "trade-tx-consumer")]
+    deployment: String,
+    /// Topic whose lag the kafka trigger reads.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "trade-tx")]
+    topic: String,
+    /// Consumer group whose lag the kafka trigger reads.
+    #[arg(long, env = "CONSUMER_GROUP", default_value = "tx-trade-workers")]
+    group: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TuneFormat {
+    ScaledObject,
+    HelmValues,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -186,12 +205,15 @@ pub fn run_tune(args: TuneArgs) -> anyhow::Result<ExitCode> {
         result.acceptable,
         scenario.config.sla
     );
-    let yaml = scaled_object_yaml(
-        &result.best.spec,
-        "trade-tx-consumer",
-        "trade-tx",
-        "tx-trade-workers",
-    );
+    let yaml = match args.format {
+        TuneFormat::ScaledObject => scaled_object_yaml(
+            &result.best.spec,
+            &args.deployment,
+            &args.topic,
+            &args.group,
+        ),
+        TuneFormat::HelmValues => helm_values_yaml(&result.best.spec, &args.topic, &args.group),
+    };
     if !result.best.acceptable() {
         println!("# No candidate met the SLA without reversals; this one comes closest.");
     }
