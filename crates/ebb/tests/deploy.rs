@@ -1,0 +1,351 @@
+//! Deploying ebb on Kubernetes, checked with the field's own tools: the Helm chart
+//! (deploy/helm/ebb) passes `helm lint --strict`; every mode renders manifests that
+//! kubeconform accepts strictly against Kubernetes' and the CRDs' schemas and that checkov
+//! passes; and a real kube-apiserver, with KEDA's and the Prometheus operator's CRDs,
+//! stores them, rejects a wrong field, and takes what `ebb tune` prints as is.
+//!
+//! The tools come from `scripts/k8s-tools install` (run on first use; ~15 minutes once on
+//! a new machine, then cached). No Pod runs: there is no kubelet or container runtime here.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use ebb_testkit::kube::{KubeApiServer, run, run_ok, tool, tools};
+use ebb_testkit::{repo_root, unique};
+
+/// The chart's variants: (what it is, `helm template` arguments).
+const VARIANTS: &[(&str, &[&str])] = &[
+    ("keda-lag, defaults", &[]),
+    (
+        "keda-lag with MSK IAM, producer and PodMonitor",
+        &[
+            "--set",
+            "kafka.auth.type=msk-iam",
+            "--set",
+            "kafka.auth.awsRegion=eu-west-1",
+            "--set",
+            "producer.enabled=true",
+            "--set",
+            "monitoring.podMonitor.enabled=true",
+        ],
+    ),
+    (
+        "keda-lag with SASL/SCRAM from a Secret and a ServiceMonitor",
+        &[
+            "--set",
+            "kafka.auth.type=scram-sha-512",
+            "--set",
+            "kafka.auth.existingSecret=kafka-credentials",
+            "--set",
+            "monitoring.serviceMonitor.enabled=true",
+        ],
+    ),
+    ("ebb-rate", &["--set", "scaling.mode=ebb-rate"]),
+    ("no autoscaling", &["--set", "scaling.mode=none"]),
+];
+
+fn chart() -> PathBuf {
+    repo_root().join("deploy/helm/ebb")
+}
+
+/// `helm template` of the chart with `args`, as release `ebb` in `namespace`.
+fn render(namespace: &str, args: &[&str]) -> String {
+    run_ok(
+        Command::new(tool("helm"))
+            .args(["template", "ebb"])
+            .arg(chart())
+            .args(["--namespace", namespace])
+            .args(args),
+    )
+}
+
+/// Writes `text` to a new file under the temp dir and returns its path.
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(unique("ebb-deploy")).join(name);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("temp dir");
+    std::fs::write(&path, text).expect("temp file");
+    path
+}
+
+#[test]
+fn the_chart_passes_helm_lint_strict_in_every_mode() {
+    for (variant, args) in VARIANTS {
+        let out = run(Command::new(tool("helm"))
+            .args(["lint", "--strict"])
+            .arg(chart())
+            .args(*args));
+        assert!(
+            out.status.success(),
+            "helm lint --strict ({variant}):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn bad_values_are_refused_with_the_setting_named() {
+    for (args, expected) in [
+        (&["--set", "scaling.mode=fastest"][..], "mode"),
+        (
+            &["--set", "consumer.terminationGracePeriodSeconds=5"][..],
+            "terminationGracePeriodSeconds",
+        ),
+    ] {
+        let out = run(Command::new(tool("helm"))
+            .args(["template", "ebb"])
+            .arg(chart())
+            .args(args));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(expected),
+            "helm template {args:?} should fail naming {expected}; it said ({}):\n{stderr}",
+            out.status
+        );
+    }
+}
+
+#[test]
+fn every_mode_renders_manifests_kubeconform_accepts_strictly() {
+    let dir = tools();
+    let kubernetes = dir.join("schemas/kubernetes");
+    let version = std::fs::read_dir(&kubernetes)
+        .expect("kubernetes schemas")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .expect("one kubernetes schema version");
+    for (variant, args) in VARIANTS {
+        let manifests = temp_file("rendered.yaml", &render("ebb", args));
+        let out = run(Command::new(tool("kubeconform"))
+            .args(["-strict", "-summary", "-output", "text"])
+            .arg("-schema-location")
+            .arg(format!(
+                "{}/{version}/{{{{.ResourceKind}}}}{{{{.KindSuffix}}}}.json",
+                kubernetes.display()
+            ))
+            .arg("-schema-location")
+            .arg(format!(
+                "{}/schemas/crds/{{{{.ResourceKind}}}}-{{{{.Group}}}}-{{{{.ResourceAPIVersion}}}}.json",
+                dir.display()
+            ))
+            .arg(&manifests));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("Invalid: 0, Errors: 0, Skipped: 0"),
+            "kubeconform ({variant}):\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The same check fails on a wrong field, so a pass above means something.
+    let bad = render("ebb", &[]).replacen("pollingInterval:", "pollingIntervall:", 1);
+    let out = run(Command::new(tool("kubeconform"))
+        .args(["-strict", "-summary"])
+        .arg("-schema-location")
+        .arg(format!(
+            "{}/{version}/{{{{.ResourceKind}}}}{{{{.KindSuffix}}}}.json",
+            kubernetes.display()
+        ))
+        .arg("-schema-location")
+        .arg(format!(
+            "{}/schemas/crds/{{{{.ResourceKind}}}}-{{{{.Group}}}}-{{{{.ResourceAPIVersion}}}}.json",
+            dir.display()
+        ))
+        .arg(temp_file("bad.yaml", &bad)));
+    assert!(
+        !out.status.success(),
+        "kubeconform accepted a misspelt field:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn checkov_passes_the_rendered_chart_with_every_skip_explained() {
+    for (variant, args) in VARIANTS {
+        let manifests = temp_file("rendered.yaml", &render("ebb", args));
+        let out = run(Command::new(tool("checkov"))
+            .args([
+                "--skip-download",
+                "--quiet",
+                "--compact",
+                "--framework",
+                "kubernetes",
+            ])
+            .arg("-f")
+            .arg(&manifests));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "checkov ({variant}) failed checks:\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_chart_and_what_ebb_tune_prints_apply_to_a_real_api_server() {
+    let server = KubeApiServer::start();
+    let crds = tools().join("crds");
+    run_ok(
+        server
+            .kubectl()
+            .args(["apply", "--server-side", "-f"])
+            .arg(&crds),
+    );
+    run_ok(server.kubectl().args([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/scaledobjects.keda.sh",
+        "crd/triggerauthentications.keda.sh",
+        "crd/podmonitors.monitoring.coreos.com",
+        "crd/servicemonitors.monitoring.coreos.com",
+    ]));
+
+    for (i, (variant, args)) in VARIANTS.iter().enumerate() {
+        let namespace = format!("ebb-{i}");
+        run_ok(server.kubectl().args(["create", "namespace", &namespace]));
+        let out = server.kubectl_stdin(
+            &["apply", "--server-side", "-n", &namespace],
+            &render(&namespace, args),
+        );
+        assert!(
+            out.status.success(),
+            "applying the chart ({variant}):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deployments = run_ok(server.kubectl().args([
+            "get",
+            "deployments",
+            "-n",
+            &namespace,
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ]));
+        assert!(!deployments.is_empty(), "{variant}: no Deployment stored");
+        let scaled = run_ok(server.kubectl().args([
+            "get",
+            "scaledobjects.keda.sh",
+            "-n",
+            &namespace,
+            "-o",
+            "jsonpath={.items[*].spec.triggers[0].type}",
+        ]));
+        let expected = match *args {
+            [.., "scaling.mode=none"] => "",
+            [.., "scaling.mode=ebb-rate"] => "external",
+            _ => "kafka",
+        };
+        assert_eq!(
+            scaled, expected,
+            "{variant}: the stored ScaledObject's trigger"
+        );
+    }
+
+    // The API server refuses a misspelt field instead of dropping it.
+    let so = render("ebb-0", &[]);
+    let bad = so.replacen("pollingInterval:", "pollingIntervall:", 1);
+    assert_ne!(
+        bad, so,
+        "the rendered chart has a pollingInterval to misspell"
+    );
+    let out = server.kubectl_stdin(
+        &["apply", "--server-side", "--dry-run=server", "-n", "ebb-0"],
+        &bad,
+    );
+    // Server-side apply names it "field not declared in schema"; a plain create says
+    // "unknown field".
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(".spec.pollingIntervall: field not declared in schema"),
+        "a misspelt ScaledObject field must be rejected; kubectl said ({}):\n{stderr}",
+        out.status
+    );
+
+    // What `ebb tune` prints goes straight into a deploy: the ScaledObject as is, and the
+    // chart values through helm.
+    // A short scenario: what matters here is the output's shape, not the tuning.
+    let scenario = temp_file(
+        "scenario.yaml",
+        r#"
+name: deploy-check
+traffic: "200@5m,800@10m,0@5m"
+partitions: 20
+sla: 120s
+service: {capacity: 100, podStartDelay: 10s, rebalancePause: 5s}
+scaledObject:
+  spec:
+    maxReplicaCount: 20
+    triggers: [{type: kafka, metadata: {lagThreshold: "1000"}}]
+"#,
+    );
+    let so_path = temp_file("tuned-scaledobject.yaml", "");
+    let values_path = temp_file("tuned-values.yaml", "");
+    for (format, path) in [("scaled-object", &so_path), ("helm-values", &values_path)] {
+        let out = common::ebb()
+            .args(["tune", "--scenario"])
+            .arg(&scenario)
+            .args(["--format", format, "--deployment", "ebb-consumer", "--out"])
+            .arg(path)
+            .output()
+            .expect("ebb tune");
+        assert!(
+            out.status.success(),
+            "ebb tune --format {format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    run_ok(server.kubectl().args(["create", "namespace", "tuned"]));
+    let tuned = std::fs::read_to_string(&so_path).expect("tuned ScaledObject");
+    let out = server.kubectl_stdin(&["apply", "--server-side", "-n", "tuned"], &tuned);
+    assert!(
+        out.status.success(),
+        "applying ebb tune's ScaledObject:\n{}\n{tuned}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bootstrap = run_ok(server.kubectl().args([
+        "get",
+        "scaledobjects.keda.sh",
+        "-n",
+        "tuned",
+        "-o",
+        "jsonpath={.items[0].spec.triggers[0].metadata.bootstrapServersFromEnv}",
+    ]));
+    assert_eq!(bootstrap, "KAFKA_BOOTSTRAP_SERVERS");
+    let values = values_path.to_string_lossy().into_owned();
+    let out = server.kubectl_stdin(
+        &["apply", "--server-side", "-n", "tuned"],
+        &render("tuned", &["-f", &values]),
+    );
+    assert!(
+        out.status.success(),
+        "applying the chart with ebb tune's values:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let polling = run_ok(server.kubectl().args([
+        "get",
+        "scaledobjects.keda.sh",
+        "-n",
+        "tuned",
+        "-l",
+        "app.kubernetes.io/instance=ebb",
+        "-o",
+        "jsonpath={.items[0].spec.pollingInterval}",
+    ]));
+    let tuned_polling = std::fs::read_to_string(&values_path)
+        .expect("tuned values")
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("pollingInterval: ")
+                .map(str::to_owned)
+        })
+        .expect("pollingInterval in the tuned values");
+    assert_eq!(
+        polling, tuned_polling,
+        "the chart uses the tuned pollingInterval"
+    );
+}
