@@ -115,7 +115,7 @@ pub struct Sample {
 }
 
 /// The run's figures.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Summary {
     /// The policy's name.
     pub policy: String,

@@ -74,11 +74,13 @@ impl DemoPolicy {
     }
 }
 
-/// Each worker: batches of 50 taking 0.5 s, two in flight — 200 msg/s, so the spike needs
-/// several workers on a two-core machine without using much CPU.
+/// Each worker: batches of 100 taking 0.5 s (a simulated database write), two in flight:
+/// 400 msg/s on two or more partitions, 200 msg/s on one (a partition's batches run in
+/// order). So the spike needs several workers, uses little CPU on a two-core machine, and
+/// 12 partitions carry up to 2,400 msg/s.
 const WORKER_ARGS: [&str; 8] = [
     "--batch-size",
-    "50",
+    "100",
     "--batch-processing-time",
     "0.5",
     "--max-in-flight",
@@ -86,7 +88,7 @@ const WORKER_ARGS: [&str; 8] = [
     "--dead-letter-topic",
     "none",
 ];
-const WORKER_CAPACITY: f64 = 200.0;
+const WORKER_CAPACITY: f64 = 400.0;
 
 /// A ScaledObject for the demo's scale: quick polling, a short cooldown.
 const DEMO_SCALED_OBJECT: &str = "apiVersion: keda.sh/v1alpha1
@@ -468,7 +470,38 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         final_lag: last_lag,
     };
     std::fs::write(out.join("series.csv"), series_csv(&samples))?;
-    std::fs::write(out.join("summary.json"), summary.to_json())?;
+    let policy_flags: Vec<&String> = scale_args
+        .iter()
+        .skip_while(|a| *a != "--policy")
+        .take_while(|a| *a != "--")
+        .collect();
+    let mut report = serde_json::to_value(&summary)?;
+    if let Some(fields) = report.as_object_mut() {
+        fields.insert("produced".into(), delivered.into());
+        fields.insert("processed_unique".into(), processed_unique.into());
+        fields.insert("processed_total".into(), processed_total.into());
+        fields.insert("lost".into(), lost.into());
+        fields.insert("duplicates".into(), duplicates.into());
+        fields.insert("interrupted".into(), interrupted.into());
+        fields.insert(
+            "settings".into(),
+            serde_json::json!({
+                "profile": profile.to_string(),
+                "policy": args.policy.name(),
+                "policy_flags": policy_flags,
+                "partitions": args.partitions,
+                "topic": topic,
+                "group": group,
+                "worker_args": WORKER_ARGS,
+                "worker_capacity_msg_s": WORKER_CAPACITY,
+                "drain_timeout_s": args.drain_timeout.as_secs_f64(),
+            }),
+        );
+    }
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&report)? + "\n",
+    )?;
     std::fs::write(
         out.join("chart.svg"),
         chart::render(&format!("ebb demo — {}", summary.policy), &samples),

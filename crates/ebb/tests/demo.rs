@@ -59,6 +59,20 @@ fn a_short_demo_loses_nothing_and_leaves_no_process() {
     for file in ["series.csv", "summary.json", "chart.svg"] {
         assert!(out.join(file).is_file(), "{file} written");
     }
+    // summary.json has what the text summary says, and the run's settings, for scripts.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+            .expect("summary.json is JSON");
+    assert_eq!(summary["produced"].as_u64(), Some(field("produced")));
+    assert_eq!(summary["lost"].as_u64(), Some(0), "{summary}");
+    assert_eq!(summary["duplicates"].as_u64(), Some(0), "{summary}");
+    assert_eq!(
+        summary["settings"]["profile"].as_str(),
+        Some("20@5s,600@20s,0@10s"),
+        "{summary}"
+    );
+    assert_eq!(summary["settings"]["policy"].as_str(), Some("ebb-rate"));
+    assert!(summary["message_time_p99_s"].is_number(), "{summary}");
     let leftovers = std::process::Command::new("pgrep")
         .args(["-f", &format!("127.0.0.1:{}[0-9]", base / 10)])
         .output()
