@@ -3,7 +3,13 @@
 //! `ebb produce` with a spike, serves a live dashboard, prints progress, and ends with a
 //! summary — lost records must be 0 — plus series.csv, summary.json and chart.svg in the
 //! same format as `ebb sim`.
+//!
+//! The dashboard explains itself: each second the demo scrapes the supervisor's metrics
+//! (which carry the policy's inputs) and every worker's, and serves the series
+//! (`/series.json`), the scale events with the policy's reason, the cap that binds, the
+//! workers and, once the run ends, the summary (`/run.json`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -19,6 +25,7 @@ use clap::{Args, ValueEnum};
 use ebb_core::admin::{Admin, AdminError};
 use ebb_core::http::serve;
 use ebb_scaling::chart;
+use ebb_scaling::policy::{EbbRateInputs, Explanation, Inputs, KedaLagInputs, Limit};
 use ebb_scaling::sim::{Sample, Summary, oldest_waiting, scale_changes, series_csv};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -55,6 +62,10 @@ pub struct DemoArgs {
     /// First of the local ports for the supervisor, the producer and the workers.
     #[arg(long, default_value_t = 9400)]
     port_base: u16,
+    /// After the summary, keep serving the dashboard this long so an open page shows it
+    /// (Ctrl-C ends it sooner).
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    linger: Duration,
     #[command(flatten)]
     kafka: KafkaArgs,
 }
@@ -108,7 +119,47 @@ spec:
         lagThreshold: \"400\"
 ";
 
-type Series = Arc<Mutex<Vec<Sample>>>;
+/// What the dashboard shows, filled by the sampling loop and read by the HTTP handlers.
+#[derive(Default)]
+struct Board {
+    /// The run's settings the page names: policy, partitions, traffic.
+    about: serde_json::Value,
+    points: Vec<Point>,
+    events: Vec<ScaleEvent>,
+    workers: Vec<WorkerRow>,
+    /// summary.json's content, once the run has ended.
+    summary: Option<serde_json::Value>,
+}
+
+type SharedBoard = Arc<Mutex<Board>>;
+
+/// One second of the run.
+struct Point {
+    sample: Sample,
+    /// What the policy's inputs called for before the caps.
+    uncapped_replicas: Option<u32>,
+    /// The cap holding the count down, if one did.
+    limit: Option<Limit>,
+}
+
+/// A change of the worker count the policy asked for.
+struct ScaleEvent {
+    t_s: f64,
+    from: u32,
+    to: u32,
+    reason: String,
+}
+
+/// One worker as the supervisor and its own metrics show it.
+struct WorkerRow {
+    id: u32,
+    port: u16,
+    /// `starting`, `ready` or `stopping`, as the supervisor sees it.
+    state: String,
+    partitions: Option<f64>,
+    messages_per_second: Option<f64>,
+    in_flight_batches: Option<f64>,
+}
 
 fn find_script(name: &str) -> Option<PathBuf> {
     let mut candidates = vec![PathBuf::from("scripts").join(name)];
@@ -146,9 +197,13 @@ async fn ensure_kafka(kafka: &ebb_core::KafkaOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn scrape(port: u16) -> Option<std::collections::HashMap<String, f64>> {
+/// A Prometheus endpoint's samples, keyed by name with labels as written
+/// (`ebb_scale_limit_replicas{limit="partitions"}`).
+type Scrape = HashMap<String, f64>;
+
+fn scrape(port: u16, timeout: Duration) -> Option<Scrape> {
     let url = format!("http://127.0.0.1:{port}/metrics");
-    let (_, body) = ebb_core::http::get(&url, None, Duration::from_secs(2)).ok()?;
+    let (_, body) = ebb_core::http::get(&url, None, timeout).ok()?;
     Some(
         body.lines()
             .filter(|l| !l.starts_with('#'))
@@ -160,33 +215,126 @@ fn scrape(port: u16) -> Option<std::collections::HashMap<String, f64>> {
     )
 }
 
-fn routes(series: Series) -> Router {
+/// The labels of a scraped key: `name{a="1",b="x"}` gives [("a", "1"), ("b", "x")].
+fn labels(key: &str) -> Vec<(&str, &str)> {
+    key.split_once('{')
+        .and_then(|(_, rest)| rest.strip_suffix('}'))
+        .map(|inside| {
+            inside
+                .split(',')
+                .filter_map(|pair| {
+                    let (name, value) = pair.split_once('=')?;
+                    Some((name, value.trim_matches('"')))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The policy's explanation, rebuilt from the supervisor's `ebb_scale_*` gauges; `None`
+/// until the policy has evaluated once.
+fn explanation(policy: DemoPolicy, m: &Scrape) -> Option<Explanation> {
+    let get = |name: &str| m.get(name).copied();
+    let inputs = match policy {
+        DemoPolicy::EbbRate => Inputs::EbbRate(EbbRateInputs {
+            arrival_rate: get("ebb_scale_ebb_rate_arrival_rate")?,
+            headroom: get("ebb_scale_ebb_rate_headroom_ratio")?,
+            backlog: get("ebb_scale_ebb_rate_backlog_records")?,
+            target_drain: Duration::try_from_secs_f64(get(
+                "ebb_scale_ebb_rate_target_drain_seconds",
+            )?)
+            .ok()?,
+            capacity_per_replica: get("ebb_scale_ebb_rate_capacity_per_replica")?,
+        }),
+        DemoPolicy::KedaLag => Inputs::KedaLag(KedaLagInputs {
+            lag_metric: get("ebb_scale_keda_lag_metric")?,
+            lag_threshold: get("ebb_scale_keda_lag_threshold")?,
+            recommended_replicas: get("ebb_scale_hpa_recommended_replicas")? as u32,
+            stabilized_replicas: get("ebb_scale_hpa_stabilized_replicas")? as u32,
+        }),
+    };
+    Some(Explanation {
+        uncapped_replicas: get("ebb_scale_uncapped_replicas")? as u32,
+        partitions: get(r#"ebb_scale_limit_replicas{limit="partitions"}"#).map(|p| p as u32),
+        max_replicas: get(r#"ebb_scale_limit_replicas{limit="max_replicas"}"#)? as u32,
+        inputs,
+    })
+}
+
+/// The supervisor's workers (`ebb_scale_workers`), each with what its own /metrics says
+/// (nothing while it starts and serves none yet), by id.
+fn worker_rows(supervisor: &Scrape) -> Vec<WorkerRow> {
+    let mut rows: Vec<WorkerRow> = supervisor
+        .keys()
+        .filter(|key| key.starts_with("ebb_scale_workers{"))
+        .filter_map(|key| {
+            let labels = labels(key);
+            let label = |name: &str| labels.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+            let port: u16 = label("port")?.parse().ok()?;
+            let own = scrape(port, Duration::from_millis(500));
+            let metric = |name: &str| own.as_ref().and_then(|m| m.get(name).copied());
+            Some(WorkerRow {
+                id: label("worker")?.parse().ok()?,
+                port,
+                state: label("state")?.to_string(),
+                partitions: metric("ebb_consumer_assigned_partitions"),
+                messages_per_second: metric("kafka_messages_per_second"),
+                in_flight_batches: metric("ebb_consumer_in_flight_batches"),
+            })
+        })
+        .collect();
+    rows.sort_by_key(|w| w.id);
+    rows
+}
+
+fn routes(board: SharedBoard) -> Router {
     async fn page() -> impl IntoResponse {
         Html(include_str!("dashboard.html"))
     }
-    async fn data(State(series): State<Series>) -> impl IntoResponse {
+    async fn series(State(board): State<SharedBoard>) -> impl IntoResponse {
         Json(
-            series
+            board
                 .lock()
-                .map(|s| s.clone())
-                .unwrap_or_default()
-                .iter()
-                .map(to_json)
-                .collect::<Vec<_>>(),
+                .map(|b| b.points.iter().map(point_json).collect::<Vec<_>>())
+                .unwrap_or_default(),
         )
+    }
+    async fn run_state(State(board): State<SharedBoard>) -> impl IntoResponse {
+        Json(board.lock().map(|b| run_json(&b)).unwrap_or_default())
     }
     Router::new()
         .route("/", get(page))
-        .route("/series.json", get(data))
-        .with_state(series)
+        .route("/series.json", get(series))
+        .route("/run.json", get(run_state))
+        .with_state(board)
 }
 
-fn to_json(s: &Sample) -> serde_json::Value {
+fn point_json(p: &Point) -> serde_json::Value {
+    let s = &p.sample;
     serde_json::json!({
         "t_s": s.t_s, "arrival_rate": s.arrival_rate, "processed_rate": s.processed_rate,
         "lag": s.lag, "lag_target": s.lag_target, "desired_replicas": s.desired_replicas,
         "current_replicas": s.current_replicas, "ready_replicas": s.ready_replicas,
-        "message_time_s": s.message_time_s,
+        "message_time_s": s.message_time_s, "uncapped_replicas": p.uncapped_replicas,
+        "limit": p.limit.map(|l| l.name()), "limit_replicas": p.limit.map(|l| l.replicas()),
+        "limit_text": p.limit.map(|l| l.describe()),
+    })
+}
+
+/// Everything but the series: settings, scale events, workers, and the summary once the
+/// run has ended (null before).
+fn run_json(b: &Board) -> serde_json::Value {
+    serde_json::json!({
+        "about": b.about,
+        "events": b.events.iter().map(|e| serde_json::json!({
+            "t_s": e.t_s, "from": e.from, "to": e.to, "reason": e.reason,
+        })).collect::<Vec<_>>(),
+        "workers": b.workers.iter().map(|w| serde_json::json!({
+            "id": w.id, "port": w.port, "state": w.state, "partitions": w.partitions,
+            "messages_per_second": w.messages_per_second,
+            "in_flight_batches": w.in_flight_batches, "ready": w.state == "ready",
+        })).collect::<Vec<_>>(),
+        "summary": b.summary,
     })
 }
 
@@ -235,10 +383,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .create_topic(&topic, args.partitions, 1, &[])
         .await?;
 
-    let series: Series = Arc::new(Mutex::new(Vec::new()));
+    let board: SharedBoard = Arc::new(Mutex::new(Board {
+        about: serde_json::json!({
+            "policy": args.policy.name(),
+            "partitions": args.partitions,
+            "profile": profile.to_string(),
+            "worker_capacity_msg_s": WORKER_CAPACITY,
+        }),
+        ..Board::default()
+    }));
     let dashboard = serve(
         args.dashboard_addr,
-        routes(series.clone()),
+        routes(board.clone()),
         "--dashboard-addr / EBB_DASHBOARD_ADDR",
     )
     .await?;
@@ -341,6 +497,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut replica_seconds = 0.0;
     let mut last_report = Instant::now();
     let mut interrupted = false;
+    let mut last_desired = 0u32;
+    let mut last_limit: Option<Limit> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -354,7 +512,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 "traffic ended at {t:.0} s; waiting for the lag to drain and the workers to stop"
             );
         }
-        let Some(m) = scrape(scale_port) else {
+        let scraped = tokio::task::spawn_blocking(move || {
+            let m = scrape(scale_port, Duration::from_secs(2))?;
+            let workers = worker_rows(&m);
+            Some((m, workers))
+        })
+        .await?;
+        let Some((m, workers)) = scraped else {
             continue;
         };
         let get = |name: &str| m.get(name).copied().unwrap_or(0.0);
@@ -397,8 +561,38 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             );
             last_report = Instant::now();
         }
-        if let Ok(mut s) = series.lock() {
-            s.push(sample);
+        let explained = explanation(args.policy, &m);
+        let limit = explained.as_ref().and_then(Explanation::binding_limit);
+        if limit != last_limit {
+            match limit {
+                Some(l) => println!("[{t:>4.0} s] capped: {}", l.describe()),
+                None => println!("[{t:>4.0} s] no longer capped"),
+            }
+            last_limit = limit;
+        }
+        let event = (sample.desired_replicas != last_desired).then(|| {
+            let (from, to) = (last_desired, sample.desired_replicas);
+            let reason = explained.as_ref().map_or_else(
+                || "the supervisor exported no explanation".to_string(),
+                |e| e.reason(from, to),
+            );
+            println!("[{t:>4.0} s] scale {from} → {to}: {reason}");
+            ScaleEvent {
+                t_s: t,
+                from,
+                to,
+                reason,
+            }
+        });
+        last_desired = sample.desired_replicas;
+        if let Ok(mut b) = board.lock() {
+            b.points.push(Point {
+                sample,
+                uncapped_replicas: explained.as_ref().map(|e| e.uncapped_replicas),
+                limit,
+            });
+            b.events.extend(event);
+            b.workers = workers;
         }
         if let Some(done) = traffic_done
             && ((lag == 0.0 && current == 0) || done.elapsed() > args.drain_timeout)
@@ -423,16 +617,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 .ok()
         })
         .unwrap_or(0);
-    let final_offsets = scrape(scale_port);
-    let (last_committed, last_lag) = {
-        let s = series.lock().map(|s| s.clone()).unwrap_or_default();
-        let lag = s.last().map_or(0.0, |x| x.lag);
-        (
-            final_offsets.and_then(|m| m.get("ebb_scale_committed_offsets").copied()),
-            lag,
-        )
-    };
-    let samples = series.lock().map(|s| s.clone()).unwrap_or_default();
+    let final_offsets = scrape(scale_port, Duration::from_secs(2));
+    let samples: Vec<Sample> = board
+        .lock()
+        .map(|mut b| {
+            // The supervisor has stopped every worker.
+            b.workers.clear();
+            b.points.iter().map(|p| p.sample.clone()).collect()
+        })
+        .unwrap_or_default();
+    let last_lag = samples.last().map_or(0.0, |x| x.lag);
+    let last_committed = final_offsets.and_then(|m| m.get("ebb_scale_committed_offsets").copied());
     let processed_unique = previous
         .map_or(0.0, |(_, _, c)| c)
         .max(last_committed.unwrap_or(0.0)) as u64;
@@ -522,9 +717,73 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             out.join("scale.log").display()
         );
     }
+    if let Ok(mut b) = board.lock() {
+        b.summary = Some(report);
+    }
+    if !interrupted && !args.linger.is_zero() {
+        println!(
+            "dashboard on http://{dashboard}/ shows the summary for {:?} more (Ctrl-C ends it)",
+            args.linger
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(args.linger) => {}
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+    }
     Ok(if lost == 0 && !interrupted {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scraped(text: &str) -> Scrape {
+        text.lines()
+            .filter_map(|l| {
+                let (key, value) = l.rsplit_once(' ')?;
+                Some((key.to_string(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_labels_as_written() {
+        assert_eq!(
+            labels(r#"ebb_scale_workers{worker="3",port="9503",state="ready"}"#),
+            [("worker", "3"), ("port", "9503"), ("state", "ready")]
+        );
+        assert!(labels("ebb_scale_lag").is_empty());
+    }
+
+    #[test]
+    fn rebuilds_the_policys_explanation_from_the_supervisors_gauges() {
+        let m = scraped(
+            r#"ebb_scale_uncapped_replicas 15
+ebb_scale_limit_replicas{limit="partitions"} 12
+ebb_scale_limit_replicas{limit="max_replicas"} 20
+ebb_scale_ebb_rate_arrival_rate 5000.0
+ebb_scale_ebb_rate_headroom_ratio 1.1
+ebb_scale_ebb_rate_backlog_records 15000.0
+ebb_scale_ebb_rate_target_drain_seconds 30.0
+ebb_scale_ebb_rate_capacity_per_replica 400.0"#,
+        );
+        let e = explanation(DemoPolicy::EbbRate, &m).expect("every gauge is there");
+        assert_eq!(e.binding_limit(), Some(Limit::Partitions(12)));
+        assert!(
+            e.reason(4, 12).starts_with(
+                "ebb-rate: 5,000 msg/s × 1.1 + backlog 15,000 ÷ 30 s = 6,000 msg/s ÷ 400"
+            ),
+            "{}",
+            e.reason(4, 12)
+        );
+        assert!(
+            explanation(DemoPolicy::KedaLag, &m).is_none(),
+            "keda-lag's gauges are missing"
+        );
+    }
 }

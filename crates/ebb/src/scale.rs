@@ -16,7 +16,9 @@ use ebb_core::admin::Admin;
 use ebb_core::http::{Probes, serve, standard_routes};
 use ebb_core::lag::LagProbe;
 use ebb_scaling::keda::PartitionOffsets;
-use ebb_scaling::policy::{EbbRate, EbbRateConfig, KedaLag, Observation, Policy};
+use ebb_scaling::policy::{
+    EbbRate, EbbRateConfig, Explanation, Inputs, KedaLag, Limit, Observation, Policy,
+};
 use ebb_scaling::scaledobject::parse_scaled_object;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -100,6 +102,44 @@ struct DirectionLabel {
     direction: &'static str,
 }
 
+/// `limit` label: which cap on the worker count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: &'static str,
+}
+
+/// One worker of `ebb_scale_workers`: its id, where its metrics are, and its state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: u32,
+    port: u16,
+    /// `starting` (not ready yet), `ready` (in the group, processing) or `stopping`.
+    state: &'static str,
+}
+
+/// ebb-rate's decision inputs.
+struct EbbRateGauges {
+    arrival_rate: Gauge<f64, AtomicU64>,
+    headroom: Gauge<f64, AtomicU64>,
+    backlog: Gauge<f64, AtomicU64>,
+    target_drain_seconds: Gauge<f64, AtomicU64>,
+    capacity_per_replica: Gauge<f64, AtomicU64>,
+}
+
+/// keda-lag's decision inputs.
+struct KedaLagGauges {
+    lag_metric: Gauge<f64, AtomicU64>,
+    lag_threshold: Gauge<f64, AtomicU64>,
+    recommended: Gauge,
+    stabilized: Gauge,
+}
+
+/// The active policy's inputs, exported so a dashboard can say why it scaled.
+enum InputGauges {
+    EbbRate(EbbRateGauges),
+    KedaLag(KedaLagGauges),
+}
+
 struct ScaleMetrics {
     desired: Gauge,
     current: Gauge,
@@ -111,10 +151,32 @@ struct ScaleMetrics {
     arrival_rate: Gauge<f64, AtomicU64>,
     decisions: Family<DirectionLabel, Counter>,
     replaced: Counter,
+    uncapped: Gauge,
+    limit_replicas: Family<LimitLabel, Gauge>,
+    limit_binding: Family<LimitLabel, Gauge>,
+    inputs: InputGauges,
+    workers: Family<WorkerLabels, Gauge>,
+    /// The label sets `workers` has now, to remove those of workers that are gone.
+    exported_workers: Vec<WorkerLabels>,
 }
 
 impl ScaleMetrics {
-    fn register(registry: &mut Registry) -> Self {
+    fn register(registry: &mut Registry, policy: PolicyChoice) -> Self {
+        let inputs = match policy {
+            PolicyChoice::EbbRate => InputGauges::EbbRate(EbbRateGauges {
+                arrival_rate: Gauge::default(),
+                headroom: Gauge::default(),
+                backlog: Gauge::default(),
+                target_drain_seconds: Gauge::default(),
+                capacity_per_replica: Gauge::default(),
+            }),
+            PolicyChoice::KedaLag => InputGauges::KedaLag(KedaLagGauges {
+                lag_metric: Gauge::default(),
+                lag_threshold: Gauge::default(),
+                recommended: Gauge::default(),
+                stabilized: Gauge::default(),
+            }),
+        };
         let m = ScaleMetrics {
             desired: Gauge::default(),
             current: Gauge::default(),
@@ -126,6 +188,12 @@ impl ScaleMetrics {
             arrival_rate: Gauge::default(),
             decisions: Family::default(),
             replaced: Counter::default(),
+            uncapped: Gauge::default(),
+            limit_replicas: Family::default(),
+            limit_binding: Family::default(),
+            inputs,
+            workers: Family::default(),
+            exported_workers: Vec::new(),
         };
         registry.register(
             "ebb_scale_desired_replicas",
@@ -177,7 +245,125 @@ impl ScaleMetrics {
             "Workers that died and were replaced",
             m.replaced.clone(),
         );
+        registry.register(
+            "ebb_scale_uncapped_replicas",
+            "Workers the policy's inputs call for before the partition and maximum caps",
+            m.uncapped.clone(),
+        );
+        registry.register(
+            "ebb_scale_limit_replicas",
+            "Caps on the worker count: the topic's partitions (workers beyond them idle) and the policy's maximum",
+            m.limit_replicas.clone(),
+        );
+        registry.register(
+            "ebb_scale_limit_binding",
+            "1 while this cap holds the worker count below what the policy's inputs call for",
+            m.limit_binding.clone(),
+        );
+        registry.register(
+            "ebb_scale_workers",
+            "Workers the supervisor runs (1 each), by id, metrics port and state (starting, ready, stopping)",
+            m.workers.clone(),
+        );
+        match &m.inputs {
+            InputGauges::EbbRate(g) => {
+                registry.register(
+                    "ebb_scale_ebb_rate_arrival_rate",
+                    "Messages per second ebb-rate sizes for (the smoothed arrival rate)",
+                    g.arrival_rate.clone(),
+                );
+                registry.register(
+                    "ebb_scale_ebb_rate_headroom_ratio",
+                    "ebb-rate's multiplier on the arrival rate (room for bursts)",
+                    g.headroom.clone(),
+                );
+                registry.register(
+                    "ebb_scale_ebb_rate_backlog_records",
+                    "Records waiting that ebb-rate sizes to drain",
+                    g.backlog.clone(),
+                );
+                registry.register(
+                    "ebb_scale_ebb_rate_target_drain_seconds",
+                    "Time in which ebb-rate sizes to drain the backlog",
+                    g.target_drain_seconds.clone(),
+                );
+                registry.register(
+                    "ebb_scale_ebb_rate_capacity_per_replica",
+                    "Messages per second ebb-rate counts one worker to handle",
+                    g.capacity_per_replica.clone(),
+                );
+            }
+            InputGauges::KedaLag(g) => {
+                registry.register(
+                    "ebb_scale_keda_lag_metric",
+                    "The lag KEDA's kafka scaler reports to the HPA (total lag after KEDA's partition cap)",
+                    g.lag_metric.clone(),
+                );
+                registry.register(
+                    "ebb_scale_keda_lag_threshold",
+                    "lagThreshold: the lag per worker the HPA aims at",
+                    g.lag_threshold.clone(),
+                );
+                registry.register(
+                    "ebb_scale_hpa_recommended_replicas",
+                    "The HPA's raw recommendation from the metric, before stabilization and rate policies",
+                    g.recommended.clone(),
+                );
+                registry.register(
+                    "ebb_scale_hpa_stabilized_replicas",
+                    "The workers KEDA and the HPA set: the recommendation after the stabilization windows, rate policies and min/max",
+                    g.stabilized.clone(),
+                );
+            }
+        }
         m
+    }
+
+    /// Exports why the policy asks for its count.
+    fn record_explanation(&self, e: &Explanation) {
+        self.uncapped.set(e.uncapped_replicas as i64);
+        let binding = e.binding_limit();
+        let caps = [
+            e.partitions.map(Limit::Partitions),
+            Some(Limit::MaxReplicas(e.max_replicas)),
+        ];
+        for cap in caps.into_iter().flatten() {
+            let label = LimitLabel { limit: cap.name() };
+            self.limit_replicas
+                .get_or_create(&label)
+                .set(cap.replicas() as i64);
+            self.limit_binding
+                .get_or_create(&label)
+                .set(i64::from(binding == Some(cap)));
+        }
+        match (&self.inputs, &e.inputs) {
+            (InputGauges::EbbRate(g), Inputs::EbbRate(i)) => {
+                g.arrival_rate.set(i.arrival_rate);
+                g.headroom.set(i.headroom);
+                g.backlog.set(i.backlog);
+                g.target_drain_seconds.set(i.target_drain.as_secs_f64());
+                g.capacity_per_replica.set(i.capacity_per_replica);
+            }
+            (InputGauges::KedaLag(g), Inputs::KedaLag(i)) => {
+                g.lag_metric.set(i.lag_metric);
+                g.lag_threshold.set(i.lag_threshold);
+                g.recommended.set(i.recommended_replicas as i64);
+                g.stabilized.set(i.stabilized_replicas as i64);
+            }
+            _ => {}
+        }
+    }
+
+    /// Exports the workers as they are now, dropping the series of those that are gone or
+    /// changed state.
+    fn record_workers(&mut self, now: Vec<WorkerLabels>) {
+        for gone in self.exported_workers.iter().filter(|w| !now.contains(w)) {
+            self.workers.remove(gone);
+        }
+        for worker in &now {
+            self.workers.get_or_create(worker).set(1);
+        }
+        self.exported_workers = now;
     }
 }
 
@@ -353,7 +539,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
     let mut policy = policy(&args, topic.partitions as u32)?;
 
     let mut registry = Registry::default();
-    let metrics = ScaleMetrics::register(&mut registry);
+    let mut metrics = ScaleMetrics::register(&mut registry, args.policy);
     let probes = Arc::new(Probes::default());
     let bound = serve(
         args.metrics_addr,
@@ -457,7 +643,12 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
             })
             .collect();
         let total_lag: i64 = rows.iter().map(|r| r.lag).sum();
-        let ready_count = pool.running().filter(|w| ready(w.port)).count() as u32;
+        let ready_ids: Vec<u32> = pool
+            .running()
+            .filter(|w| ready(w.port))
+            .map(|w| w.id)
+            .collect();
+        let ready_count = ready_ids.len() as u32;
         let observation = Observation {
             now: started.elapsed(),
             partitions: &offsets,
@@ -482,6 +673,9 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
                 .inc();
             desired = decision.replicas;
         }
+        if let Some(explanation) = policy.explain() {
+            metrics.record_explanation(&explanation);
+        }
         while (pool.running().count() as u32) < desired {
             if let Err(e) = pool.start() {
                 tracing::error!("Cannot start a worker: {e:#}");
@@ -500,6 +694,22 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
         metrics.committed.set(log_end as i64 - total_lag);
         metrics.lag_target.set(policy.lag_target(desired));
         metrics.arrival_rate.set(arrival_rate);
+        metrics.record_workers(
+            pool.workers
+                .iter()
+                .map(|w| WorkerLabels {
+                    worker: w.id,
+                    port: w.port,
+                    state: if w.stopping_since.is_some() {
+                        "stopping"
+                    } else if ready_ids.contains(&w.id) {
+                        "ready"
+                    } else {
+                        "starting"
+                    },
+                })
+                .collect(),
+        );
         if last_report.elapsed() >= Duration::from_secs(5) {
             tracing::info!(
                 "Lag: {total_lag}, In: {arrival_rate:.1} msg/s, Replicas: desired {desired}, running {}, ready {ready_count}",
@@ -531,4 +741,62 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!("Stopped; no worker left");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ebb_scaling::policy::EbbRateInputs;
+
+    fn encoded(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("encodes");
+        text
+    }
+
+    #[test]
+    fn exports_the_decision_inputs_the_binding_cap_and_the_workers() {
+        let mut registry = Registry::default();
+        let mut metrics = ScaleMetrics::register(&mut registry, PolicyChoice::EbbRate);
+        metrics.record_explanation(&Explanation {
+            uncapped_replicas: 15,
+            partitions: Some(12),
+            max_replicas: 20,
+            inputs: Inputs::EbbRate(EbbRateInputs {
+                arrival_rate: 5000.0,
+                headroom: 1.1,
+                backlog: 15000.0,
+                target_drain: Duration::from_secs(30),
+                capacity_per_replica: 400.0,
+            }),
+        });
+        let worker = |worker, state| WorkerLabels {
+            worker,
+            port: 9200 + worker as u16,
+            state,
+        };
+        metrics.record_workers(vec![worker(1, "ready"), worker(2, "starting")]);
+        metrics.record_workers(vec![worker(1, "ready"), worker(2, "ready")]);
+        let text = encoded(&registry);
+        for line in [
+            "ebb_scale_uncapped_replicas 15",
+            r#"ebb_scale_limit_replicas{limit="partitions"} 12"#,
+            r#"ebb_scale_limit_binding{limit="partitions"} 1"#,
+            r#"ebb_scale_limit_binding{limit="max_replicas"} 0"#,
+            "ebb_scale_ebb_rate_arrival_rate 5000.0",
+            "ebb_scale_ebb_rate_backlog_records 15000.0",
+            "ebb_scale_ebb_rate_capacity_per_replica 400.0",
+            r#"ebb_scale_workers{worker="2",port="9202",state="ready"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        assert!(
+            !text.contains(r#"state="starting""#),
+            "a worker's old state is gone:\n{text}"
+        );
+        assert!(
+            !text.contains("keda"),
+            "only the active policy's inputs:\n{text}"
+        );
+    }
 }

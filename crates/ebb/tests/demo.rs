@@ -1,5 +1,7 @@
 //! `ebb demo` end to end, shortened: the pipeline scales out and back to zero, nothing is
-//! lost, no process is left behind, and the dashboard page shows every panel with data.
+//! lost, no process is left behind, and the dashboard page explains itself: every panel
+//! with data, time and unit axes, scale events with the policy's reason, the workers, and
+//! the summary once the run has ended.
 
 mod common;
 
@@ -12,12 +14,15 @@ fn a_short_demo_loses_nothing_and_leaves_no_process() {
     let out = temp_file("demo");
     let dashboard = format!("127.0.0.1:{}", free_port());
     let base = (free_port() / 100).max(30) * 100;
-    let demo = ebb()
+    let mut demo = ebb()
         .args([
             "demo",
             "--profile",
             "20@5s,600@20s,0@10s",
             "--drain-timeout",
+            "120s",
+            // Long enough to load the finished page; the test ends the linger itself.
+            "--linger",
             "120s",
         ])
         .args([
@@ -37,8 +42,14 @@ fn a_short_demo_loses_nothing_and_leaves_no_process() {
         page.contains("Messages per second") && page.contains("Replicas"),
         "{page}"
     );
-    check_dashboard_in_chromium(&dashboard);
-    let result = finish(demo, Duration::from_secs(300));
+    let chromium = Chromium::new();
+    check_dashboard_in_chromium(&chromium, &dashboard);
+    if wait_for_summary(&mut demo, &dashboard) {
+        check_summary_in_chromium(&chromium, &dashboard);
+        // The page has shown the summary: end the linger.
+        signal(&demo, libc::SIGTERM);
+    }
+    let result = finish(demo, Duration::from_secs(60));
     let stdout = String::from_utf8_lossy(&result.stdout);
     assert!(
         result.status.success(),
@@ -83,35 +94,69 @@ fn a_short_demo_loses_nothing_and_leaves_no_process() {
     );
 }
 
-fn wait_for_page(addr: &str) -> String {
+/// A plain HTTP GET of `path` on `addr`: the whole response (status line, headers, body).
+fn http_get(addr: &str, path: &str) -> Option<String> {
     use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+fn wait_for_page(addr: &str) -> String {
     let mut page = String::new();
     wait_until("the dashboard", Duration::from_secs(60), || {
-        let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
-            return false;
-        };
-        let _ = write!(stream, "GET / HTTP/1.0\r\n\r\n");
-        page.clear();
-        stream.read_to_string(&mut page).is_ok() && page.split_whitespace().nth(1) == Some("200")
+        page = http_get(addr, "/").unwrap_or_default();
+        page.split_whitespace().nth(1) == Some("200")
     });
     page
 }
 
-/// Loads the dashboard in headless Chromium twice: every panel has lines with data points,
-/// and what it shows changes over time. Keeps a screenshot in the target directory.
-fn check_dashboard_in_chromium(addr: &str) {
-    let chromium = ["chromium", "chromium-browser"]
-        .into_iter()
-        .find(|c| {
-            std::process::Command::new("sh")
-                .args(["-c", &format!("command -v {c}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .expect("the dashboard test needs Chromium: apt-get install -y chromium");
-    let profile = temp_file("chromium-profile");
-    let run = |extra: &[&str]| {
-        let out = std::process::Command::new(chromium)
+/// Waits until the demo serves its summary (the run has ended and it lingers); false if
+/// the demo exited first, for the caller's checks of its output to say why.
+fn wait_for_summary(demo: &mut std::process::Child, addr: &str) -> bool {
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(300) {
+        if demo.try_wait().expect("try_wait").is_some() {
+            return false;
+        }
+        let run = http_get(addr, "/run.json").unwrap_or_default();
+        if run.contains("\"summary\":{") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("the demo served no summary within 300 s");
+}
+
+/// Headless Chromium with a profile of its own.
+struct Chromium {
+    binary: &'static str,
+    profile: std::path::PathBuf,
+}
+
+impl Chromium {
+    fn new() -> Self {
+        let binary = ["chromium", "chromium-browser"]
+            .into_iter()
+            .find(|c| {
+                std::process::Command::new("sh")
+                    .args(["-c", &format!("command -v {c}")])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            })
+            .expect("the dashboard test needs Chromium: apt-get install -y chromium");
+        Chromium {
+            binary,
+            profile: temp_file("chromium-profile"),
+        }
+    }
+
+    /// Loads the page at `addr`, lets its scripts run, and returns what it printed
+    /// (with `--dump-dom`: the rendered DOM).
+    fn load(&self, addr: &str, extra: &[&str]) -> String {
+        let out = std::process::Command::new(self.binary)
             .args([
                 "--headless",
                 "--no-sandbox",
@@ -124,14 +169,30 @@ fn check_dashboard_in_chromium(addr: &str) {
                 "--no-first-run",
                 "--window-size=960,1000",
             ])
-            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("--user-data-dir={}", self.profile.display()))
             .args(["--virtual-time-budget=3000"])
             .args(extra)
             .arg(format!("http://{addr}/"))
             .output()
             .expect("run chromium");
         String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    }
+}
+
+/// The text of the first element whose tag has `attribute` (e.g. `id="status"`), up to
+/// the next tag.
+fn text_after<'a>(dom: &'a str, attribute: &str) -> &'a str {
+    dom.find(attribute)
+        .and_then(|at| dom[at..].split_once('>'))
+        .map_or("", |(_, text)| text.split('<').next().unwrap_or(""))
+}
+
+/// Loads the dashboard in headless Chromium twice during the run: every panel has lines
+/// with data points, time and unit axes, at least one scale-event marker with the
+/// policy's reason, a worker table with rows; and what it shows changes over time. Keeps
+/// a screenshot in the target directory.
+fn check_dashboard_in_chromium(chromium: &Chromium, addr: &str) {
+    let run = |extra: &[&str]| chromium.load(addr, extra);
     std::thread::sleep(Duration::from_secs(8));
     let first = run(&["--dump-dom"]);
     // The rendered panels, not the script that draws them.
@@ -167,7 +228,84 @@ fn check_dashboard_in_chromium(addr: &str) {
         "status shows data: {first}"
     );
     assert_ne!(status(&first), status(&second), "the page updates");
+    check_explanations(&second);
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo-dashboard.png");
     run(&[&format!("--screenshot={}", shot.display())]);
     assert!(shot.is_file(), "screenshot kept at {}", shot.display());
+}
+
+/// What makes the page explain itself, in a DOM dumped during the run.
+fn check_explanations(dom: &str) {
+    // The rendered page, not the script that renders it.
+    let dom = dom.split("<script").next().unwrap_or("");
+    // Time ticks on every panel, from 0 s on.
+    let time_ticks = dom.matches("class=\"tick-x\"").count();
+    assert!(time_ticks >= 8, "time ticks on four panels: {dom}");
+    assert_eq!(text_after(dom, "class=\"tick-x\""), "0 s", "{dom}");
+    assert!(
+        dom.matches("class=\"tick-y\"").count() >= 8,
+        "value ticks: {dom}"
+    );
+    // Each panel's value axis names its unit.
+    let units: Vec<&str> = dom
+        .split("class=\"unit\"")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('>').map(|(_, text)| text))
+        .map(|text| text.split('<').next().unwrap_or(""))
+        .collect();
+    assert_eq!(units, ["msg/s", "records", "s", "replicas"], "{dom}");
+    // Scale events: a marker with the policy's arithmetic, and the same in the list.
+    let marker = dom
+        .split("<g class=\"event\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("a scale-event marker: {dom}"));
+    let reason = marker
+        .split("<title>")
+        .nth(1)
+        .and_then(|t| t.split("</title>").next())
+        .unwrap_or("");
+    assert!(
+        reason.contains("→") && reason.contains("msg/s per worker"),
+        "the marker's tooltip has ebb-rate's reason: {reason}"
+    );
+    let listed = dom
+        .split("<li class=\"event-row\"><b>")
+        .nth(1)
+        .and_then(|item| item.split('<').next())
+        .unwrap_or("");
+    assert!(listed.contains("s: 0 → "), "the first event, listed: {dom}");
+    // The workers, one row each, with their partitions and state.
+    let rows: Vec<&str> = dom.split("<tr class=\"worker\">").skip(1).collect();
+    assert!(!rows.is_empty(), "a row per worker: {dom}");
+    assert!(
+        rows.iter().any(|r| ["starting", "ready", "stopping"]
+            .iter()
+            .any(|s| r.contains(s))),
+        "a worker's state: {dom}"
+    );
+}
+
+/// Loads the dashboard after the run has ended (while the demo lingers): the summary box
+/// shows the run's figures, nothing lost.
+fn check_summary_in_chromium(chromium: &Chromium, addr: &str) {
+    let dom = chromium.load(addr, &["--dump-dom"]);
+    let summary = dom
+        .split("id=\"summary\"")
+        .nth(1)
+        .and_then(|s| s.split("id=\"panels\"").next())
+        .unwrap_or("");
+    assert!(
+        !summary.contains("hidden") && summary.contains("Run finished"),
+        "a visible summary box: {dom}"
+    );
+    assert_eq!(text_after(summary, "data-field=\"lost\""), "0", "{summary}");
+    let produced = text_after(summary, "data-field=\"produced\"").replace(',', "");
+    assert!(
+        produced.parse::<u64>().is_ok_and(|n| n > 10_000),
+        "produced: {summary}"
+    );
+    assert!(
+        text_after(&dom, "id=\"status\"").contains("run finished"),
+        "{dom}"
+    );
 }
