@@ -79,6 +79,7 @@ pub fn postgres() -> String {
     static STARTED: OnceLock<String> = OnceLock::new();
     STARTED
         .get_or_init(|| {
+            ensure_debian_packages(&["postgresql", "openssl"]);
             local_service("postgres-local", "start");
             postgres_url()
         })
@@ -279,6 +280,60 @@ pub fn committed_offsets(
             _ => None,
         })
         .collect()
+}
+
+/// Installs the Debian packages among `packages` that are missing, with apt-get (as root, or
+/// through `sudo -n`), printing what it installs; panics with the command to run when it
+/// cannot. A new machine has neither Chromium nor (on some) PostgreSQL.
+pub fn ensure_debian_packages(packages: &[&str]) {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let fix = format!("apt-get install -y {}", missing.join(" "));
+    eprintln!(
+        "testkit: installing missing Debian packages: {}",
+        missing.join(" ")
+    );
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let apt = |args: &[&str]| {
+        let mut command = if root {
+            Command::new("apt-get")
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.args(["-n", "apt-get"]);
+            sudo
+        };
+        command
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let installed = apt(&["update", "-qq"])
+        && apt(&[
+            &["install", "-y", "-qq", "--no-install-recommends"][..],
+            &missing[..],
+        ]
+        .concat());
+    assert!(
+        installed,
+        "the tests need the Debian packages {missing:?} and could not install them; run: {fix}"
+    );
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.

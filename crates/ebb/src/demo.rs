@@ -101,6 +101,13 @@ const WORKER_ARGS: [&str; 8] = [
 ];
 const WORKER_CAPACITY: f64 = 400.0;
 
+/// A change of direction within this long counts as a reversal (flapping). `ebb sim` uses
+/// 300 s, the reference's cooldown and HPA's scale-down window; the demo runs on a time
+/// scale about ten times shorter (a 20 s cooldown, a 30 s scale-down window, a 100 s
+/// spike), so scaling in after the spike has ended is not flapping, and a premature
+/// scale-in within a minute is.
+const REVERSAL_WINDOW: Duration = Duration::from_secs(60);
+
 /// A ScaledObject for the demo's scale: quick polling, a short cooldown.
 const DEMO_SCALED_OBJECT: &str = "apiVersion: keda.sh/v1alpha1
 kind: ScaledObject
@@ -644,7 +651,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .get((waits.len() as f64 * 0.99) as usize)
         .copied()
         .unwrap_or(0.0);
-    let (scale_events, reversals) = scale_changes(0, &samples, Duration::from_secs(300));
+    let (scale_events, reversals) = scale_changes(0, &samples, REVERSAL_WINDOW);
     let summary = Summary {
         policy: format!("demo-{}", args.policy.name()),
         max_lag: samples.iter().map(|s| s.lag).fold(0.0, f64::max),

@@ -138,6 +138,16 @@ struct Chromium {
 
 impl Chromium {
     fn new() -> Self {
+        // Debian's Chromium is not on a new machine: install it (once) when it is missing.
+        let found = |c: &str| {
+            std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {c}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !found("chromium") && !found("chromium-browser") {
+            ebb_testkit::ensure_debian_packages(&["chromium"]);
+        }
         let binary = ["chromium", "chromium-browser"]
             .into_iter()
             .find(|c| {
