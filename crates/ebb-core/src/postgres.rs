@@ -93,8 +93,8 @@ pub struct DatabaseOptions {
     pub pool_size: usize,
     /// How long opening a connection may take.
     pub connect_timeout: Duration,
-    /// CA certificates (PEM) to verify the server with (Amazon RDS's bundle, say); the
-    /// system's store when `None`.
+    /// CA certificates (PEM) to verify the server's certificate and host name with (Amazon
+    /// RDS's bundle, say); `None` encrypts without verifying, as libpq's `require` does.
     pub ssl_root_cert: Option<PathBuf>,
 }
 

@@ -132,8 +132,9 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// CA certificates (PEM) to verify the server's TLS certificate with, e.g. Amazon RDS's
-    /// bundle; the system's store when unset.
+    /// CA certificates (PEM) to verify the server's TLS certificate and host name with, e.g.
+    /// Amazon RDS's bundle. Unset, TLS encrypts without checking the server (as libpq's
+    /// sslmode=require does): set this for any database reached over a network.
     #[arg(long, env = "EBB_DATABASE_SSL_ROOT_CERT")]
     pub database_ssl_root_cert: Option<std::path::PathBuf>,
 
