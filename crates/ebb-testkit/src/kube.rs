@@ -207,6 +207,18 @@ impl KubeApiServer {
         command
     }
 
+    /// `kubectl get <what> -n <namespace> -o jsonpath=<path>`: the stored value(s) at `path`
+    /// (`what` is the resource and any selector arguments).
+    pub fn get(&self, namespace: &str, what: &[&str], path: &str) -> String {
+        run_ok(
+            self.kubectl()
+                .arg("get")
+                .args(what)
+                .args(["-n", namespace, "-o"])
+                .arg(format!("jsonpath={path}")),
+        )
+    }
+
     /// `kubectl <args> -f -` with `manifest` on stdin.
     pub fn kubectl_stdin(&self, args: &[&str], manifest: &str) -> Output {
         let mut child = self

@@ -107,8 +107,9 @@ fn bad_values_are_refused_with_the_setting_named() {
     }
 }
 
-#[test]
-fn every_mode_renders_manifests_kubeconform_accepts_strictly() {
+/// `kubeconform -strict -summary` of `manifests` against Kubernetes' JSON schemas (the one
+/// version `scripts/k8s-tools` prepared) and the CRDs' (KEDA's, the Prometheus operator's).
+fn kubeconform(manifests: &std::path::Path) -> std::process::Output {
     let dir = tools();
     let kubernetes = dir.join("schemas/kubernetes");
     let version = std::fs::read_dir(&kubernetes)
@@ -117,32 +118,8 @@ fn every_mode_renders_manifests_kubeconform_accepts_strictly() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .next()
         .expect("one kubernetes schema version");
-    for (variant, args) in VARIANTS {
-        let manifests = temp_file("rendered.yaml", &render("ebb", args));
-        let out = run(Command::new(tool("kubeconform"))
-            .args(["-strict", "-summary", "-output", "text"])
-            .arg("-schema-location")
-            .arg(format!(
-                "{}/{version}/{{{{.ResourceKind}}}}{{{{.KindSuffix}}}}.json",
-                kubernetes.display()
-            ))
-            .arg("-schema-location")
-            .arg(format!(
-                "{}/schemas/crds/{{{{.ResourceKind}}}}-{{{{.Group}}}}-{{{{.ResourceAPIVersion}}}}.json",
-                dir.display()
-            ))
-            .arg(&manifests));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("Invalid: 0, Errors: 0, Skipped: 0"),
-            "kubeconform ({variant}):\n{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    // The same check fails on a wrong field, so a pass above means something.
-    let bad = render("ebb", &[]).replacen("pollingInterval:", "pollingIntervall:", 1);
-    let out = run(Command::new(tool("kubeconform"))
-        .args(["-strict", "-summary"])
+    run(Command::new(tool("kubeconform"))
+        .args(["-strict", "-summary", "-output", "text"])
         .arg("-schema-location")
         .arg(format!(
             "{}/{version}/{{{{.ResourceKind}}}}{{{{.KindSuffix}}}}.json",
@@ -153,7 +130,23 @@ fn every_mode_renders_manifests_kubeconform_accepts_strictly() {
             "{}/schemas/crds/{{{{.ResourceKind}}}}-{{{{.Group}}}}-{{{{.ResourceAPIVersion}}}}.json",
             dir.display()
         ))
-        .arg(temp_file("bad.yaml", &bad)));
+        .arg(manifests))
+}
+
+#[test]
+fn every_mode_renders_manifests_kubeconform_accepts_strictly() {
+    for (variant, args) in VARIANTS {
+        let out = kubeconform(&temp_file("rendered.yaml", &render("ebb", args)));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("Invalid: 0, Errors: 0, Skipped: 0"),
+            "kubeconform ({variant}):\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The same check fails on a wrong field, so a pass above means something.
+    let bad = render("ebb", &[]).replacen("pollingInterval:", "pollingIntervall:", 1);
+    let out = kubeconform(&temp_file("bad.yaml", &bad));
     assert!(
         !out.status.success(),
         "kubeconform accepted a misspelt field:\n{}",
@@ -216,23 +209,13 @@ fn the_chart_and_what_ebb_tune_prints_apply_to_a_real_api_server() {
             "applying the chart ({variant}):\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let deployments = run_ok(server.kubectl().args([
-            "get",
-            "deployments",
-            "-n",
-            &namespace,
-            "-o",
-            "jsonpath={.items[*].metadata.name}",
-        ]));
+        let deployments = server.get(&namespace, &["deployments"], "{.items[*].metadata.name}");
         assert!(!deployments.is_empty(), "{variant}: no Deployment stored");
-        let scaled = run_ok(server.kubectl().args([
-            "get",
-            "scaledobjects.keda.sh",
-            "-n",
+        let scaled = server.get(
             &namespace,
-            "-o",
-            "jsonpath={.items[*].spec.triggers[0].type}",
-        ]));
+            &["scaledobjects.keda.sh"],
+            "{.items[*].spec.triggers[0].type}",
+        );
         let expected = match *args {
             [.., "scaling.mode=none"] => "",
             [.., "scaling.mode=ebb-rate"] => "external",
@@ -268,20 +251,7 @@ fn the_chart_and_what_ebb_tune_prints_apply_to_a_real_api_server() {
     // What `ebb tune` prints goes straight into a deploy: the ScaledObject as is, and the
     // chart values through helm.
     // A short scenario: what matters here is the output's shape, not the tuning.
-    let scenario = temp_file(
-        "scenario.yaml",
-        r#"
-name: deploy-check
-traffic: "200@5m,800@10m,0@5m"
-partitions: 20
-sla: 120s
-service: {capacity: 100, podStartDelay: 10s, rebalancePause: 5s}
-scaledObject:
-  spec:
-    maxReplicaCount: 20
-    triggers: [{type: kafka, metadata: {lagThreshold: "1000"}}]
-"#,
-    );
+    let scenario = temp_file("scenario.yaml", common::SMALL_SCENARIO);
     let so_path = temp_file("tuned-scaledobject.yaml", "");
     let values_path = temp_file("tuned-values.yaml", "");
     for (format, path) in [("scaled-object", &so_path), ("helm-values", &values_path)] {
@@ -306,14 +276,11 @@ scaledObject:
         "applying ebb tune's ScaledObject:\n{}\n{tuned}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let bootstrap = run_ok(server.kubectl().args([
-        "get",
-        "scaledobjects.keda.sh",
-        "-n",
+    let bootstrap = server.get(
         "tuned",
-        "-o",
-        "jsonpath={.items[0].spec.triggers[0].metadata.bootstrapServersFromEnv}",
-    ]));
+        &["scaledobjects.keda.sh"],
+        "{.items[0].spec.triggers[0].metadata.bootstrapServersFromEnv}",
+    );
     assert_eq!(bootstrap, "KAFKA_BOOTSTRAP_SERVERS");
     let values = values_path.to_string_lossy().into_owned();
     let out = server.kubectl_stdin(
@@ -325,16 +292,15 @@ scaledObject:
         "applying the chart with ebb tune's values:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let polling = run_ok(server.kubectl().args([
-        "get",
-        "scaledobjects.keda.sh",
-        "-n",
+    let polling = server.get(
         "tuned",
-        "-l",
-        "app.kubernetes.io/instance=ebb",
-        "-o",
-        "jsonpath={.items[0].spec.pollingInterval}",
-    ]));
+        &[
+            "scaledobjects.keda.sh",
+            "-l",
+            "app.kubernetes.io/instance=ebb",
+        ],
+        "{.items[0].spec.pollingInterval}",
+    );
     let tuned_polling = std::fs::read_to_string(&values_path)
         .expect("tuned values")
         .lines()

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{run, temp_file};
+use common::{SMALL_SCENARIO, run, temp_file};
 
 fn repo_file(path: &str) -> String {
     ebb_testkit::repo_root().join(path).display().to_string()
@@ -86,21 +86,7 @@ fn a_bad_scenario_exits_2_naming_the_setting() {
 #[test]
 fn tune_prints_a_scaled_object_that_parses_and_its_prediction() {
     let path = temp_file("small.yaml");
-    std::fs::write(
-        &path,
-        r#"
-name: small
-traffic: "200@5m,800@10m,0@5m"
-partitions: 20
-sla: 120s
-service: {capacity: 100, podStartDelay: 10s, rebalancePause: 5s}
-scaledObject:
-  spec:
-    maxReplicaCount: 20
-    triggers: [{type: kafka, metadata: {lagThreshold: "1000"}}]
-"#,
-    )
-    .unwrap();
+    std::fs::write(&path, SMALL_SCENARIO).unwrap();
     let yaml_out = temp_file("tuned.yaml");
     let result = run(&[
         "tune",

@@ -155,6 +155,19 @@ pub fn temp_file(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// A short scenario `ebb tune` searches in seconds: 20 minutes of traffic, 20 partitions.
+pub const SMALL_SCENARIO: &str = r#"
+name: small
+traffic: "200@5m,800@10m,0@5m"
+partitions: 20
+sla: 120s
+service: {capacity: 100, podStartDelay: 10s, rebalancePause: 5s}
+scaledObject:
+  spec:
+    maxReplicaCount: 20
+    triggers: [{type: kafka, metadata: {lagThreshold: "1000"}}]
+"#;
+
 /// (partition, offset) of every line of a file-sink output, in file order.
 pub fn sink_lines(path: &Path) -> Vec<(i32, i64)> {
     let Ok(text) = std::fs::read_to_string(path) else {
