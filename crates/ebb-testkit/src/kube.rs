@@ -219,6 +219,17 @@ impl KubeApiServer {
         )
     }
 
+    /// Applies `manifest` server-side in `namespace`; panics naming `what` (and with the
+    /// server's answer) if it is refused.
+    pub fn apply(&self, namespace: &str, manifest: &str, what: &str) {
+        let out = self.kubectl_stdin(&["apply", "--server-side", "-n", namespace], manifest);
+        assert!(
+            out.status.success(),
+            "applying {what} in namespace {namespace}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `kubectl <args> -f -` with `manifest` on stdin.
     pub fn kubectl_stdin(&self, args: &[&str], manifest: &str) -> Output {
         let mut child = self

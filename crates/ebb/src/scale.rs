@@ -267,31 +267,35 @@ impl ScaleMetrics {
         );
         match &m.inputs {
             InputGauges::EbbRate(g) => {
-                registry.register(
-                    "ebb_scale_ebb_rate_arrival_rate",
-                    "Messages per second ebb-rate sizes for (the smoothed arrival rate)",
-                    g.arrival_rate.clone(),
-                );
-                registry.register(
-                    "ebb_scale_ebb_rate_headroom_ratio",
-                    "ebb-rate's multiplier on the arrival rate (room for bursts)",
-                    g.headroom.clone(),
-                );
-                registry.register(
-                    "ebb_scale_ebb_rate_backlog_records",
-                    "Records waiting that ebb-rate sizes to drain",
-                    g.backlog.clone(),
-                );
-                registry.register(
-                    "ebb_scale_ebb_rate_target_drain_seconds",
-                    "Time in which ebb-rate sizes to drain the backlog",
-                    g.target_drain_seconds.clone(),
-                );
-                registry.register(
-                    "ebb_scale_ebb_rate_capacity_per_replica",
-                    "Messages per second ebb-rate counts one worker to handle",
-                    g.capacity_per_replica.clone(),
-                );
+                for (name, help, gauge) in [
+                    (
+                        "ebb_scale_ebb_rate_arrival_rate",
+                        "Messages per second ebb-rate sizes for (the smoothed arrival rate)",
+                        &g.arrival_rate,
+                    ),
+                    (
+                        "ebb_scale_ebb_rate_headroom_ratio",
+                        "ebb-rate's multiplier on the arrival rate (room for bursts)",
+                        &g.headroom,
+                    ),
+                    (
+                        "ebb_scale_ebb_rate_backlog_records",
+                        "Records waiting that ebb-rate sizes to drain",
+                        &g.backlog,
+                    ),
+                    (
+                        "ebb_scale_ebb_rate_target_drain_seconds",
+                        "Time in which ebb-rate sizes to drain the backlog",
+                        &g.target_drain_seconds,
+                    ),
+                    (
+                        "ebb_scale_ebb_rate_capacity_per_replica",
+                        "Messages per second ebb-rate counts one worker to handle",
+                        &g.capacity_per_replica,
+                    ),
+                ] {
+                    registry.register(name, help, gauge.clone());
+                }
             }
             InputGauges::KedaLag(g) => {
                 registry.register(

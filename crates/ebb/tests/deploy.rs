@@ -200,14 +200,10 @@ fn the_chart_and_what_ebb_tune_prints_apply_to_a_real_api_server() {
     for (i, (variant, args)) in VARIANTS.iter().enumerate() {
         let namespace = format!("ebb-{i}");
         run_ok(server.kubectl().args(["create", "namespace", &namespace]));
-        let out = server.kubectl_stdin(
-            &["apply", "--server-side", "-n", &namespace],
+        server.apply(
+            &namespace,
             &render(&namespace, args),
-        );
-        assert!(
-            out.status.success(),
-            "applying the chart ({variant}):\n{}",
-            String::from_utf8_lossy(&out.stderr)
+            &format!("the chart ({variant})"),
         );
         let deployments = server.get(&namespace, &["deployments"], "{.items[*].metadata.name}");
         assert!(!deployments.is_empty(), "{variant}: no Deployment stored");
@@ -270,12 +266,7 @@ fn the_chart_and_what_ebb_tune_prints_apply_to_a_real_api_server() {
     }
     run_ok(server.kubectl().args(["create", "namespace", "tuned"]));
     let tuned = std::fs::read_to_string(&so_path).expect("tuned ScaledObject");
-    let out = server.kubectl_stdin(&["apply", "--server-side", "-n", "tuned"], &tuned);
-    assert!(
-        out.status.success(),
-        "applying ebb tune's ScaledObject:\n{}\n{tuned}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.apply("tuned", &tuned, "ebb tune's ScaledObject");
     let bootstrap = server.get(
         "tuned",
         &["scaledobjects.keda.sh"],
@@ -283,14 +274,10 @@ fn the_chart_and_what_ebb_tune_prints_apply_to_a_real_api_server() {
     );
     assert_eq!(bootstrap, "KAFKA_BOOTSTRAP_SERVERS");
     let values = values_path.to_string_lossy().into_owned();
-    let out = server.kubectl_stdin(
-        &["apply", "--server-side", "-n", "tuned"],
+    server.apply(
+        "tuned",
         &render("tuned", &["-f", &values]),
-    );
-    assert!(
-        out.status.success(),
-        "applying the chart with ebb tune's values:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "the chart with ebb tune's values",
     );
     let polling = server.get(
         "tuned",
