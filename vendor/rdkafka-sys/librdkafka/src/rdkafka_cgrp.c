@@ -78,6 +78,7 @@ static void rd_kafka_cgrp_revoke_all_rejoin_maybe(rd_kafka_cgrp_t *rkcg,
                                                   const char *reason);
 
 static void rd_kafka_cgrp_group_is_rebalancing(rd_kafka_cgrp_t *rkcg);
+static void rd_kafka_cgrp_heartbeat_in(rd_kafka_cgrp_t *rkcg, int delay_ms);
 
 static void
 rd_kafka_cgrp_max_poll_interval_check_tmr_cb(rd_kafka_timers_t *rkts,
@@ -3412,12 +3413,25 @@ void rd_kafka_cgrp_handle_Heartbeat(rd_kafka_t *rk,
         rd_kafka_cgrp_update_session_timeout(
             rkcg, rd_false /*don't update if session has expired*/);
 
+        if (rkcg->rkcg_followup_heartbeat_ms) {
+                /* No follow-up round yet: back off, then the regular
+                 * interval. */
+                rkcg->rkcg_followup_heartbeat_ms *= 2;
+                if (rkcg->rkcg_followup_heartbeat_ms >=
+                    rk->rk_conf.group_heartbeat_intvl_ms)
+                        rkcg->rkcg_followup_heartbeat_ms = 0;
+                else
+                        rd_kafka_cgrp_heartbeat_in(
+                            rkcg, rkcg->rkcg_followup_heartbeat_ms);
+        }
+
         return;
 
 err_parse:
         err = rkbuf->rkbuf_err;
 err:
         rkcg->rkcg_last_heartbeat_err = err;
+        rkcg->rkcg_followup_heartbeat_ms = 0;
 
         rd_kafka_dbg(
             rkcg->rkcg_rk, CGRP, "HEARTBEAT",
@@ -3532,6 +3546,43 @@ static void rd_kafka_cgrp_heartbeat(rd_kafka_cgrp_t *rkcg) {
             rkcg->rkcg_member_id, rkcg->rkcg_group_instance_id,
             RD_KAFKA_REPLYQ(rkcg->rkcg_ops, 0), rd_kafka_cgrp_handle_Heartbeat,
             NULL);
+}
+
+/**
+ * @brief Classic protocol: send the next heartbeat in \p delay_ms instead of a
+ *        full heartbeat interval after the last one (never later than that).
+ */
+static void rd_kafka_cgrp_heartbeat_in(rd_kafka_cgrp_t *rkcg, int delay_ms) {
+        int intvl_ms = rkcg->rkcg_rk->rk_conf.group_heartbeat_intvl_ms;
+
+        if (delay_ms >= intvl_ms)
+                return;
+
+        /* As if the last heartbeat had been sent intvl_ms - delay_ms ago. */
+        rd_interval_reset_to_now(&rkcg->rkcg_heartbeat_intvl,
+                                 rd_clock() -
+                                     (rd_ts_t)(intvl_ms - delay_ms) * 1000);
+        /* Wake the main loop then, which serves the cgrp. */
+        rd_kafka_timer_start_oneshot(&rkcg->rkcg_rk->rk_timers,
+                                     &rkcg->rkcg_serve_timer, rd_true,
+                                     (rd_ts_t)delay_ms * 1000,
+                                     rd_kafka_cgrp_serve_timer_cb, NULL);
+}
+
+/**
+ * @brief Classic protocol, cooperative: a rebalance round just completed for this
+ *        member. Members that had partitions revoked in it rejoin right away for the
+ *        follow-up round that hands those partitions to their new owners, but the
+ *        other members only learn of that round from their next heartbeat, a full
+ *        heartbeat interval later: the moved partitions stay unowned all that time.
+ *        Heartbeat again soon (100, 200, 400, ... ms apart, until that reaches the
+ *        heartbeat interval) so the follow-up round is joined as soon as it starts.
+ */
+static void rd_kafka_cgrp_followup_heartbeats_start(rd_kafka_cgrp_t *rkcg) {
+        if (rkcg->rkcg_group_protocol != RD_KAFKA_GROUP_PROTOCOL_CLASSIC)
+                return;
+        rkcg->rkcg_followup_heartbeat_ms = 100;
+        rd_kafka_cgrp_heartbeat_in(rkcg, rkcg->rkcg_followup_heartbeat_ms);
 }
 
 /**
@@ -4375,6 +4426,7 @@ rd_kafka_cgrp_incremental_assign(rd_kafka_cgrp_t *rkcg,
                                              RD_KAFKA_CGRP_JOIN_STATE_STEADY);
                 if (rkcg->rkcg_subscription) {
                         rd_kafka_cgrp_start_max_poll_interval_timer(rkcg);
+                        rd_kafka_cgrp_followup_heartbeats_start(rkcg);
                 }
         }
 
@@ -4986,6 +5038,12 @@ static void rd_kafka_cgrp_group_is_rebalancing(rd_kafka_cgrp_t *rkcg) {
                 return;
         }
 
+        /* Skip the join backoff: the coordinator is waiting for this member
+         * to complete the rebalance, and the heartbeats that tell it so are
+         * paced already. With the backoff, a member that joined the previous
+         * round less than a second ago (e.g. the first round of a cooperative
+         * rebalance) holds up the whole group until that second is over. */
+        rd_interval_reset(&rkcg->rkcg_join_intvl);
         rd_kafka_cgrp_rejoin(rkcg, "Group is rebalancing");
 }
 

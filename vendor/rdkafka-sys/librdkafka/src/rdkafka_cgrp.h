@@ -306,6 +306,10 @@ typedef struct rd_kafka_cgrp_s {
         /** Number of backoff retries when expediting next heartbeat. */
         int rkcg_expedite_heartbeat_retries;
 
+        /** Classic protocol: delay of the next follow-up heartbeat after a
+         *  cooperative rebalance round completed (0 = none pending). */
+        int rkcg_followup_heartbeat_ms;
+
         /** Flags for KIP-848 state machine. */
         int rkcg_consumer_flags;
 /** Coordinator is waiting for an acknowledgement of currently reconciled
