@@ -18,6 +18,11 @@ pub struct PartitionLag {
     pub partition: i32,
     /// The group's committed offset; `None` if it never committed on this partition.
     pub committed: Option<i64>,
+    /// Log-start offset (the oldest record retention kept). Read, for every partition in
+    /// one request, only when some partition has no committed offset: only there does the
+    /// lag count from it (KEDA's `earliest` policy likewise reads it only then). `None`
+    /// when not read.
+    pub log_start: Option<i64>,
     /// Log-end offset (high watermark).
     pub log_end: i64,
     /// Records not yet consumed (from the log start when nothing is committed).
@@ -128,7 +133,8 @@ impl LagProbe {
             .map_or("Dead".to_string(), |g| g.state().to_string()))
     }
 
-    /// Committed and log-end offsets of every partition (time lag not measured).
+    /// Committed, log-end and (when some partition has no committed offset) log-start
+    /// offsets of every partition (time lag not measured).
     pub fn offsets(&self) -> Result<Vec<PartitionLag>, AdminError> {
         let all = |offset: Offset| {
             let mut tpl = TopicPartitionList::new();
@@ -179,10 +185,12 @@ impl LagProbe {
                     _ => None,
                 };
                 let log_end = ends.get(&p).copied().unwrap_or(0);
-                let from = committed.unwrap_or_else(|| starts.get(&p).copied().unwrap_or(0));
+                let log_start = starts.get(&p).copied();
+                let from = committed.unwrap_or(log_start.unwrap_or(0));
                 PartitionLag {
                     partition: p,
                     committed,
+                    log_start,
                     log_end,
                     lag: (log_end - from).max(0),
                     time_lag_s: None,

@@ -6,12 +6,14 @@
 //! - [`keda`]: KEDA's kafka scaler and ScaledObject loop on top of the HPA;
 //! - [`scaledobject`]: reading a ScaledObject YAML into that model;
 //! - [`policy`]: the policies behind one trait, `keda-lag` and ebb's `ebb-rate`;
+//! - [`external`]: ebb-rate behind KEDA's external scaler protocol (`ebb keda-scaler`);
 //! - [`sim`]: the simulator (service model, series, summary);
 //! - [`chart`]: the run as an SVG with the reference dashboard's panels;
 //! - [`scenario`]: reading scenario files (YAML text; the caller reads the file);
 //! - [`tune`]: searching ScaledObject parameters for the cheapest config meeting an SLA.
 
 pub mod chart;
+pub mod external;
 pub mod hpa;
 pub mod keda;
 pub mod policy;

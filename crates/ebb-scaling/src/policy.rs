@@ -20,7 +20,7 @@ use crate::keda::{Keda, PartitionOffsets, ScaledObjectSpec};
 pub struct Observation<'a> {
     /// Time since the start.
     pub now: Duration,
-    /// Every partition's log-end and committed offsets.
+    /// Every partition's offsets, element `i` being partition `i`.
     pub partitions: &'a [PartitionOffsets],
     /// Messages per second arriving, from log-end offsets since the previous observation.
     pub arrival_rate: f64,
@@ -326,8 +326,17 @@ impl Policy for KedaLag {
             };
             self.explanation = Some(Explanation {
                 uncapped_replicas: per_threshold(metric.total_lag),
-                partitions: (!spec.trigger.allow_idle_consumers)
-                    .then_some(o.partitions.len() as u32),
+                // KEDA caps unless idle consumers are allowed, and with even distribution
+                // even then; `partitionLimitation` leaves the other partitions uncounted.
+                partitions: (!spec.trigger.allow_idle_consumers
+                    || spec.trigger.ensure_even_distribution_of_partitions)
+                    .then(|| {
+                        (0..o.partitions.len())
+                            .filter(|&i| {
+                                i32::try_from(i).is_ok_and(|id| spec.trigger.counts_partition(id))
+                            })
+                            .count() as u32
+                    }),
                 max_replicas: spec.max_replica_count,
                 inputs: Inputs::KedaLag(KedaLagInputs {
                     lag_metric: metric.value,
@@ -572,6 +581,7 @@ mod tests {
     ) -> (Vec<PartitionOffsets>, f64, Duration, u32) {
         (
             vec![PartitionOffsets {
+                log_start: 0.0,
                 log_end: lag,
                 committed: Some(0.0),
             }],
@@ -755,6 +765,7 @@ mod tests {
         // 12 partitions with 8,000 records waiting: KEDA caps the metric at 12 × 400.
         let partitions: Vec<PartitionOffsets> = (0..12)
             .map(|i| PartitionOffsets {
+                log_start: 0.0,
                 log_end: if i < 8 { 1000.0 } else { 0.0 },
                 committed: Some(0.0),
             })

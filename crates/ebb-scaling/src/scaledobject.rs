@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_yaml::{Mapping, Value};
 
 use crate::hpa::{Behavior, PolicyType, RatePolicy, ScalingRules, SelectPolicy};
-use crate::keda::{KafkaTrigger, OffsetResetPolicy, ScaledObjectSpec};
+use crate::keda::{KafkaTrigger, ScaledObjectSpec, parse_metadata};
 
 /// A field of a ScaledObject that is unknown, missing or invalid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -349,8 +349,10 @@ fn kafka_trigger(
             "limitToPartitionsWithLag",
             "ensureEvenDistributionOfPartitions",
             "partitionLimitation",
+            "fullMetadata",
             "version",
             "sasl",
+            "saslTokenProvider",
             "tls",
             "unsafeSsl",
             "awsRegion",
@@ -366,65 +368,14 @@ fn kafka_trigger(
             _ => String::new(),
         })
     };
-    let number = |key: &str| -> Result<Option<f64>, ScaledObjectError> {
-        match text(key) {
-            None => Ok(None),
-            Some(t) => t
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite())
-                .map(Some)
-                .ok_or_else(|| {
-                    r.error(
-                        &join(&metadata_path, key),
-                        format!("\"{t}\" is not a number"),
-                    )
-                }),
-        }
-    };
-    let flag = |key: &str| -> Result<bool, ScaledObjectError> {
-        match text(key).as_deref() {
-            None => Ok(false),
-            Some("true") => Ok(true),
-            Some("false") => Ok(false),
-            Some(other) => Err(r.error(
-                &join(&metadata_path, key),
-                format!("\"{other}\" is not true or false"),
-            )),
-        }
-    };
-    let defaults = KafkaTrigger::default();
-    let lag_threshold = number("lagThreshold")?.unwrap_or(defaults.lag_threshold);
-    if lag_threshold <= 0.0 {
-        return Err(r.error(&join(&metadata_path, "lagThreshold"), "must be > 0"));
-    }
-    let activation_lag_threshold = number("activationLagThreshold")?.unwrap_or(0.0);
-    if activation_lag_threshold < 0.0 {
-        return Err(r.error(
-            &join(&metadata_path, "activationLagThreshold"),
-            "must be ≥ 0",
-        ));
-    }
-    let offset_reset_policy = match text("offsetResetPolicy").as_deref() {
-        None | Some("latest") => OffsetResetPolicy::Latest,
-        Some("earliest") => OffsetResetPolicy::Earliest,
-        Some(other) => {
-            return Err(r.error(
-                &join(&metadata_path, "offsetResetPolicy"),
-                format!("\"{other}\" is not latest or earliest"),
-            ));
-        }
-    };
-    Ok(KafkaTrigger {
-        lag_threshold,
-        activation_lag_threshold,
-        offset_reset_policy,
-        allow_idle_consumers: flag("allowIdleConsumers")?,
-        limit_to_partitions_with_lag: flag("limitToPartitionsWithLag")?,
-        exclude_persistent_lag: flag("excludePersistentLag")?,
-        scale_to_zero_on_invalid_offset: flag("scaleToZeroOnInvalidOffset")?,
-        ensure_even_distribution_of_partitions: flag("ensureEvenDistributionOfPartitions")?,
+    // KEDA's own reading and checks; the connection keys are not required because ebb
+    // simulates the trigger without connecting.
+    parse_metadata(&text, false).map_err(|e| {
+        let at = match e.key {
+            Some(key) => join(&metadata_path, key),
+            None => metadata_path.clone(),
+        };
+        r.error(&at, e.message)
     })
 }
 
@@ -512,6 +463,39 @@ spec:
     }
 
     #[test]
+    fn trigger_metadata_is_read_and_checked_as_keda_does() {
+        // kafkaMetadata.Validate refuses these combinations; the error names both keys.
+        let so = |metadata: &str| {
+            format!("spec:\n  triggers:\n    - type: kafka\n      metadata: {metadata}\n")
+        };
+        for (metadata, keys) in [
+            (
+                "{topic: t, allowIdleConsumers: 'true', limitToPartitionsWithLag: 'true'}",
+                "allowIdleConsumers and limitToPartitionsWithLag",
+            ),
+            (
+                "{topic: t, limitToPartitionsWithLag: 'true', ensureEvenDistributionOfPartitions: 'true'}",
+                "limitToPartitionsWithLag and ensureEvenDistributionOfPartitions",
+            ),
+        ] {
+            let err = parse_scaled_object(&so(metadata), "so.yaml").expect_err(metadata);
+            assert_eq!(err.path, "spec.triggers[0].metadata", "{metadata}");
+            assert!(err.reason.contains(keys), "{}", err.reason);
+        }
+        // lagThreshold is an int64 in KEDA: a fraction is refused, not rounded.
+        let err = parse_scaled_object(&so("{lagThreshold: '4500.5'}"), "so.yaml").unwrap_err();
+        assert_eq!(err.path, "spec.triggers[0].metadata.lagThreshold");
+        // Booleans as Go's ParseBool reads them; the partition list as KEDA parses it.
+        let spec = parse_scaled_object(
+            &so("{topic: t, excludePersistentLag: 'True', partitionLimitation: '0-2,5'}"),
+            "so.yaml",
+        )
+        .unwrap();
+        assert!(spec.trigger.exclude_persistent_lag);
+        assert_eq!(spec.trigger.partition_limitation, Some(vec![0..=2, 5..=5]));
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             (
@@ -527,17 +511,17 @@ spec:
             (
                 "spec:\n  triggers:\n    - type: kafka\n      metadata: {lagThreshold: '0'}\n",
                 "spec.triggers[0].metadata.lagThreshold",
-                "> 0",
+                "must be positive number",
             ),
             (
                 "spec:\n  triggers:\n    - type: kafka\n      metadata: {lagThreshold: lots}\n",
                 "spec.triggers[0].metadata.lagThreshold",
-                "not a number",
+                "not a whole number",
             ),
             (
                 "spec:\n  triggers:\n    - type: kafka\n      metadata: {allowIdleConsumers: yes}\n",
                 "spec.triggers[0].metadata.allowIdleConsumers",
-                "true or false",
+                "not a boolean",
             ),
             (
                 "spec:\n  triggers:\n    - type: kafka\n      metadata: {lagTreshold: '5'}\n",

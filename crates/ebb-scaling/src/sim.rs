@@ -446,6 +446,8 @@ fn spread(partitions: u32, log_end: f64, committed: f64) -> Vec<PartitionOffsets
     let n = partitions as f64;
     (0..partitions)
         .map(|_| PartitionOffsets {
+            // The simulated topic keeps everything (no retention), so its log starts at 0.
+            log_start: 0.0,
             log_end: log_end / n,
             committed: Some(committed / n),
         })

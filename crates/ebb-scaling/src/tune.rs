@@ -195,7 +195,7 @@ pub fn scaled_object_yaml(spec: &ScaledObjectSpec, name: &str, topic: &str, grou
             "  triggers:\n    - type: kafka\n      metadata:\n        bootstrapServersFromEnv: KAFKA_BOOTSTRAP_SERVERS\n",
             "        consumerGroup: {group}\n        topic: {topic}\n        lagThreshold: \"{lag}\"\n",
             "        activationLagThreshold: \"{activation}\"\n        offsetResetPolicy: {reset}\n",
-            "        allowIdleConsumers: \"{idle}\"\n"
+            "        allowIdleConsumers: \"{idle}\"\n{flags}"
         ),
         name = name,
         polling = spec.polling_interval.as_secs(),
@@ -209,7 +209,47 @@ pub fn scaled_object_yaml(spec: &ScaledObjectSpec, name: &str, topic: &str, grou
         activation = t.activation_lag_threshold,
         reset = offset_reset_policy(spec),
         idle = t.allow_idle_consumers,
+        flags = trigger_flags_yaml(t),
     )
+}
+
+/// The trigger settings beyond those every ScaledObject prints, when they differ from
+/// KEDA's defaults: the candidate was simulated with them, so the output must carry them.
+fn trigger_flags_yaml(t: &crate::keda::KafkaTrigger) -> String {
+    let mut out = String::new();
+    for (key, on) in [
+        ("excludePersistentLag", t.exclude_persistent_lag),
+        (
+            "scaleToZeroOnInvalidOffset",
+            t.scale_to_zero_on_invalid_offset,
+        ),
+        ("limitToPartitionsWithLag", t.limit_to_partitions_with_lag),
+        (
+            "ensureEvenDistributionOfPartitions",
+            t.ensure_even_distribution_of_partitions,
+        ),
+    ] {
+        if on {
+            out.push_str(&format!("        {key}: \"true\"\n"));
+        }
+    }
+    if let Some(ranges) = &t.partition_limitation {
+        let list: Vec<String> = ranges
+            .iter()
+            .map(|r| {
+                if r.start() == r.end() {
+                    r.start().to_string()
+                } else {
+                    format!("{}-{}", r.start(), r.end())
+                }
+            })
+            .collect();
+        out.push_str(&format!(
+            "        partitionLimitation: \"{}\"\n",
+            list.join(",")
+        ));
+    }
+    out
 }
 
 /// The same configuration as values for the Helm chart `deploy/helm/ebb` in its keda-lag
@@ -223,6 +263,8 @@ pub fn helm_values_yaml(spec: &ScaledObjectSpec, topic: &str, group: &str) -> St
             "  pollingInterval: {polling}\n  cooldownPeriod: {cooldown}\n",
             "  kedaLag:\n    lagThreshold: \"{lag}\"\n    activationLagThreshold: \"{activation}\"\n",
             "    offsetResetPolicy: {reset}\n    allowIdleConsumers: {idle}\n",
+            "    excludePersistentLag: {persistent}\n    scaleToZeroOnInvalidOffset: {zero}\n",
+            "    limitToPartitionsWithLag: {with_lag}\n",
             "  behavior:\n{behavior}"
         ),
         topic = topic,
@@ -235,6 +277,9 @@ pub fn helm_values_yaml(spec: &ScaledObjectSpec, topic: &str, group: &str) -> St
         activation = t.activation_lag_threshold,
         reset = offset_reset_policy(spec),
         idle = t.allow_idle_consumers,
+        persistent = t.exclude_persistent_lag,
+        zero = t.scale_to_zero_on_invalid_offset,
+        with_lag = t.limit_to_partitions_with_lag,
         behavior = behavior_yaml(spec, 4),
     )
 }
@@ -296,6 +341,23 @@ mod tests {
             !yaml.contains("${"),
             "KEDA expands no placeholders, so none may be printed:\n{yaml}"
         );
+    }
+
+    #[test]
+    fn the_yaml_keeps_the_trigger_settings_the_candidate_was_simulated_with() {
+        let mut spec = grid(&ScaledObjectSpec::default())[7].clone();
+        spec.trigger.exclude_persistent_lag = true;
+        spec.trigger.scale_to_zero_on_invalid_offset = true;
+        spec.trigger.ensure_even_distribution_of_partitions = true;
+        spec.trigger.partition_limitation = Some(vec![0..=3, 6..=6]);
+        let yaml = scaled_object_yaml(&spec, "c", "t", "g");
+        let back =
+            parse_scaled_object(&yaml, "tuned.yaml").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        assert_eq!(back, spec);
+        spec.trigger.ensure_even_distribution_of_partitions = false;
+        spec.trigger.limit_to_partitions_with_lag = true;
+        let yaml = scaled_object_yaml(&spec, "c", "t", "g");
+        assert_eq!(parse_scaled_object(&yaml, "tuned.yaml").unwrap(), spec);
     }
 
     #[test]

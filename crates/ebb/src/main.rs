@@ -6,6 +6,7 @@ mod audit;
 mod consume;
 mod db;
 mod demo;
+mod keda_scaler;
 mod lag;
 mod logging;
 mod produce;
@@ -51,6 +52,8 @@ enum Command {
     Lag(lag::LagArgs),
     /// Run consumer workers and scale them on lag, like KEDA + HPA, on this machine.
     Scale(scale::ScaleArgs),
+    /// Serve ebb-rate to KEDA as an external scaler (gRPC), per ScaledObject.
+    KedaScaler(keda_scaler::KedaScalerArgs),
     /// Simulate a scaling policy on a scenario: lag, message time, replicas, cost.
     Sim(sim::SimArgs),
     /// Search ScaledObject parameters for the cheapest config that meets an SLA.
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Lag(args) => lag::run(args).await,
             Command::Scale(args) => scale::run(args).await,
+            Command::KedaScaler(args) => keda_scaler::run(args).await,
             Command::Sim(args) => sim::run_sim(args),
             Command::Tune(args) => sim::run_tune(args),
             Command::Audit(args) => audit::run(args).await,

@@ -642,6 +642,9 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
         let offsets: Vec<PartitionOffsets> = rows
             .iter()
             .map(|r| PartitionOffsets {
+                // Unread only when every partition has a committed offset, where the
+                // scaler does not use it.
+                log_start: r.log_start.unwrap_or(0) as f64,
                 log_end: r.log_end as f64,
                 committed: r.committed.map(|c| c as f64),
             })
