@@ -4,9 +4,9 @@
 //!
 //! Nothing here schedules Pods: there is no controller manager, kubelet or container
 //! runtime. Objects are stored, defaulted and validated by the real API server, which is
-//! what a deploy check needs.
+//! what a deploy check needs. [`KedaOperator`] runs the real KEDA operator against it.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -200,6 +200,27 @@ impl KubeApiServer {
         }
     }
 
+    /// Applies (server-side) every CRD of the tools' `crds/` (KEDA's, the Prometheus
+    /// operator's) and waits until KEDA's are established.
+    pub fn install_crds(&self) {
+        run_ok(
+            self.kubectl()
+                .args(["apply", "--server-side", "-f"])
+                .arg(tools().join("crds")),
+        );
+        run_ok(self.kubectl().args([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/scaledobjects.keda.sh",
+            "crd/scaledjobs.keda.sh",
+            "crd/triggerauthentications.keda.sh",
+            "crd/clustertriggerauthentications.keda.sh",
+            "crd/cloudeventsources.eventing.keda.sh",
+            "crd/clustercloudeventsources.eventing.keda.sh",
+        ]));
+    }
+
     /// A `kubectl` command pointed at this server.
     pub fn kubectl(&self) -> Command {
         let mut command = Command::new(tool("kubectl"));
@@ -273,4 +294,160 @@ fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// The real KEDA operator (`bin/keda-operator`, KEDA v2.21.0 built by `scripts/k8s-tools`)
+/// running as a child process against a [`KubeApiServer`] until this value drops.
+///
+/// It runs as in a cluster except: leader election off; its Prometheus metrics, health
+/// probes and gRPC metrics service on free 127.0.0.1 ports; the metrics service's TLS from a
+/// self-signed certificate made with openssl; every namespace watched (`WATCH_NAMESPACE`
+/// empty); `keda` as its own namespace (`KEDA_CLUSTER_OBJECT_NAMESPACE`, `POD_NAMESPACE`;
+/// it need not exist). Nothing calls its metrics service: there is no KEDA metrics adapter
+/// (and the aggregator cannot proxy to loopback), so the HPAs it creates never get metrics;
+/// what the operator does itself — the ScaledObject's status, the HPA object, polling the
+/// triggers and scaling the target 0 ↔ 1 — all happens. Its log (JSON lines) goes to
+/// [`KedaOperator::log`].
+pub struct KedaOperator {
+    child: Child,
+    dir: PathBuf,
+    /// Its Prometheus endpoint, `127.0.0.1:<port>` (`keda_scaler_metrics_value`,
+    /// `keda_scaler_active`, `keda_scaler_detail_errors_total`, ...).
+    pub metrics_addr: String,
+    /// Its health probes, `127.0.0.1:<port>` (`/healthz`, `/readyz`).
+    pub health_addr: String,
+    /// Its log file (stdout and stderr).
+    pub log: PathBuf,
+}
+
+impl KedaOperator {
+    /// Starts the operator against `server`, whose KEDA CRDs must be installed
+    /// ([`KubeApiServer::install_crds`]), and waits until its `/readyz` answers.
+    pub fn start(server: &KubeApiServer) -> Self {
+        let binary = tool("keda-operator");
+        assert!(
+            binary.exists(),
+            "{} is missing; install it with: scripts/k8s-tools install",
+            binary.display()
+        );
+        let crd = run(server
+            .kubectl()
+            .args(["get", "crd", "scaledobjects.keda.sh"]));
+        assert!(
+            crd.status.success(),
+            "KEDA's CRDs are not installed on this API server (call install_crds first): {}",
+            String::from_utf8_lossy(&crd.stderr)
+        );
+        let dir = std::env::temp_dir().join(unique("ebb-keda-operator"));
+        let (certs, ca) = (dir.join("certs"), dir.join("ca"));
+        std::fs::create_dir_all(&certs).expect("keda-operator cert dir");
+        std::fs::create_dir_all(&ca).expect("keda-operator ca dir");
+        // The gRPC metrics service reads ca.crt, tls.crt and tls.key from --cert-dir; --ca-dir
+        // is read for scalers' TLS and must hold certificates only (a key there is logged as
+        // an error).
+        run_ok(
+            Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                ])
+                .arg("/CN=keda-operator")
+                .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+                .arg("-keyout")
+                .arg(certs.join("tls.key"))
+                .arg("-out")
+                .arg(certs.join("tls.crt"))
+                .stderr(Stdio::null()),
+        );
+        std::fs::copy(certs.join("tls.crt"), certs.join("ca.crt")).expect("ca.crt");
+        std::fs::copy(certs.join("tls.crt"), ca.join("ca.crt")).expect("ca dir");
+
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
+        let health_addr = format!("127.0.0.1:{}", free_port());
+        let service_addr = format!("127.0.0.1:{}", free_port());
+        let log = dir.join("keda-operator.log");
+        let child = Command::new(&binary)
+            .env("KUBECONFIG", &server.kubeconfig)
+            .env("WATCH_NAMESPACE", "")
+            .env("KEDA_CLUSTER_OBJECT_NAMESPACE", "keda")
+            .env("POD_NAMESPACE", "keda")
+            .arg("--leader-elect=false")
+            .arg(format!("--metrics-bind-address={metrics_addr}"))
+            .arg(format!("--health-probe-bind-address={health_addr}"))
+            .arg(format!("--metrics-service-bind-address={service_addr}"))
+            .arg(format!("--cert-dir={}", certs.display()))
+            .arg(format!("--ca-dir={}", ca.display()))
+            .stdout(log_file(&dir, "keda-operator.log"))
+            .stderr(log_file(&dir, "keda-operator.log"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let mut operator = KedaOperator {
+            child,
+            dir,
+            metrics_addr,
+            health_addr,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http_get(&operator.health_addr, "/readyz").map(|(s, _)| s) != Some(200) {
+            if let Ok(Some(status)) = operator.child.try_wait() {
+                panic!(
+                    "keda-operator exited with {status}; its log:\n{}",
+                    operator.log_tail(30)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "keda-operator is not ready on {} within 60 s; its log:\n{}",
+                operator.health_addr,
+                operator.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        operator
+    }
+
+    /// Its Prometheus metrics, as text (empty if it does not answer).
+    pub fn metrics(&self) -> String {
+        http_get(&self.metrics_addr, "/metrics").map_or_else(String::new, |(_, body)| body)
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail_lines(&self.log, lines, |_| true)
+    }
+
+    /// The last `lines` lines of its log that contain `text` (a namespace, an object name).
+    pub fn log_tail_matching(&self, text: &str, lines: usize) -> String {
+        tail_lines(&self.log, lines, |l| l.contains(text))
+    }
+}
+
+impl Drop for KedaOperator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("keda-operator's log is kept in {}", self.log.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET on `addr`: (status, body), or None if it cannot connect or read.
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((status, body.to_string()))
+}
+
+fn tail_lines(path: &Path, lines: usize, keep: impl Fn(&str) -> bool) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let kept: Vec<&str> = text.lines().filter(|l| keep(l)).collect();
+    kept[kept.len().saturating_sub(lines)..].join("\n")
 }
