@@ -387,3 +387,57 @@ fn serves_over_tls() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn stream_is_active_pushes_a_change() {
+    // KEDA's external-push trigger: the first answer at once, the next when it changes.
+    let scaler = ScalerProcess::start(&["--stream-interval", "1s", "--min-read-interval", "0s"]);
+    let topic = create_topic("keda-scaler-stream", 2);
+    let m = metadata(&topic, &unique("stream"), &[]);
+    let client = Command::new(tool("keda-extscaler-client"))
+        .args([
+            "--addr",
+            &scaler.grpc,
+            "--name",
+            "stream",
+            "--namespace",
+            "tests",
+        ])
+        .args(["--metadata", &serde_json::to_string(&m).unwrap()])
+        .args(["--stream", "2", "--timeout", "30s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run keda-extscaler-client");
+    // The idle topic's first answer (false) comes before anything is produced; then records
+    // arrive and the stream must push true.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !scaler
+        .metrics()
+        .contains("ebb_keda_scaler_active{scaled_object=\"tests/stream\"} 0")
+    {
+        assert!(Instant::now() < deadline, "no first evaluation in 20 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    produce(&topic, 500, "5000");
+    let out = client.wait_with_output().expect("keda-extscaler-client");
+    assert!(
+        out.status.success(),
+        "keda-extscaler-client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_no_error(&answer);
+    assert_eq!(
+        answer["stream"],
+        serde_json::json!([false, true]),
+        "{answer}"
+    );
+    assert!(
+        scaler
+            .metrics()
+            .contains("ebb_keda_scaler_calls_total{method=\"StreamIsActive\",code=\"Ok\"}"),
+        "{}",
+        scaler.metrics()
+    );
+}

@@ -1,19 +1,20 @@
 // keda-extscaler-client calls an external scaler the way KEDA's operator does, with KEDA's
 // generated gRPC client (pkg/scalers/externalscaler), its TLS configuration (pkg/util) and
 // its gRPC service config: IsActive, GetMetricSpec, then GetMetrics for the first spec's
-// metric name.
+// metric name; with --stream N, then StreamIsActive until N answers came.
 //
 //	keda-extscaler-client --addr host:port --name so-name --namespace ns
-//	    --metadata '{"k":"v",...}' [--tls-ca ca.pem] [--timeout 10s]
+//	    --metadata '{"k":"v",...}' [--tls-ca ca.pem] [--timeout 10s] [--stream N]
 //
 // Without --tls-ca the connection is insecure plaintext; with it, TLS verified against that
-// CA (KEDA's caCert). --timeout bounds connecting and each call.
+// CA (KEDA's caCert). --timeout bounds connecting and each call; for --stream, each answer.
 //
 // Output, one JSON object on stdout:
 //
 //	{"isActive": true | null,
 //	 "metricSpecs": [{"metricName": "m", "targetSize": 10, "targetSizeFloat": 10.5}],
 //	 "metricValues": [{"metricName": "m", "metricValue": 3, "metricValueFloat": 3.2}],
+//	 "stream": [false, true] (only with --stream),
 //	 "error": null | {"call": "IsActive", "code": "InvalidArgument", "message": "..."}}
 //
 // The first failing call stops the sequence and is reported in "error" (exit 0); when the
@@ -64,12 +65,13 @@ type output struct {
 	IsActive     *bool         `json:"isActive"`
 	MetricSpecs  []metricSpec  `json:"metricSpecs"`
 	MetricValues []metricValue `json:"metricValues"`
+	Stream       []bool        `json:"stream,omitempty"`
 	Error        *callError    `json:"error"`
 }
 
 func usage(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "keda-extscaler-client: "+format+"\n", args...)
-	fmt.Fprintln(os.Stderr, "usage: keda-extscaler-client --addr host:port --name so-name --namespace ns --metadata '{\"k\":\"v\"}' [--tls-ca file] [--timeout 10s]")
+	fmt.Fprintln(os.Stderr, "usage: keda-extscaler-client --addr host:port --name so-name --namespace ns --metadata '{\"k\":\"v\"}' [--tls-ca file] [--timeout 10s] [--stream N]")
 	os.Exit(2)
 }
 
@@ -82,6 +84,7 @@ func main() {
 	metadataJSON := flags.String("metadata", "{}", "the trigger's metadata as a JSON object of strings")
 	tlsCA := flags.String("tls-ca", "", "PEM file of the CA to verify the server with (TLS); plaintext without it")
 	timeout := flags.Duration("timeout", 10*time.Second, "bound for connecting and for each call")
+	stream := flags.Int("stream", 0, "then call StreamIsActive and wait for this many answers")
 	if err := flags.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
 	}
@@ -93,6 +96,9 @@ func main() {
 	}
 	if *timeout <= 0 {
 		usage("--timeout must be positive")
+	}
+	if *stream < 0 {
+		usage("--stream must be 0 or more")
 	}
 	var metadata map[string]string
 	if err := json.Unmarshal([]byte(*metadataJSON), &metadata); err != nil {
@@ -170,6 +176,25 @@ func main() {
 			})
 		}
 		return err
+	}) && *stream > 0 && call("StreamIsActive", func(context.Context) error {
+		// One context for the whole stream; each answer must come within --timeout.
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		answers, err := client.StreamIsActive(ctx, ref)
+		if err != nil {
+			return err
+		}
+		out.Stream = []bool{}
+		for len(out.Stream) < *stream {
+			timer := time.AfterFunc(*timeout, cancel)
+			r, err := answers.Recv()
+			timer.Stop()
+			if err != nil {
+				return err
+			}
+			out.Stream = append(out.Stream, r.GetResult())
+		}
+		return nil
 	})
 
 	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
