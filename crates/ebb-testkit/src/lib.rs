@@ -436,3 +436,136 @@ fn retry_while_coordinator_loads<T>(
         }
     }
 }
+
+/// Produces `count` small records into each listed partition of `topic` (`(partition,
+/// count)`), with another client than ebb's, and waits for every acknowledgement: a topic
+/// whose log-end offsets are known exactly.
+pub fn produce_to_partitions(bootstrap: &str, topic: &str, counts: &[(i32, usize)]) {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use std::time::Duration;
+
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("partition producer");
+    for &(partition, count) in counts {
+        for n in 0..count {
+            let payload = n.to_string();
+            let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+                .partition(partition)
+                .payload(payload.as_bytes());
+            producer
+                .send(record)
+                .map_err(|(e, _)| e)
+                .expect("send record");
+        }
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .expect("flush records");
+}
+
+/// Commits `offsets` (`(partition, offset)`) on `topic` for `group` as a simple consumer
+/// (no membership; the group must have no members), at any position, past the log end
+/// included.
+pub fn commit_offsets(bootstrap: &str, group: &str, topic: &str, offsets: &[(i32, i64)]) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("offset committer");
+    let mut tpl = TopicPartitionList::new();
+    for &(partition, offset) in offsets {
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+            .expect("offset to commit");
+    }
+    retry_while_coordinator_loads(&format!("commit offsets of {group}"), || {
+        consumer.commit(&tpl, CommitMode::Sync)
+    });
+}
+
+/// Deletes the records of `topic` below the given offsets (`(partition, offset)`) with the
+/// admin API (DeleteRecords), so each partition's log start moves there.
+pub fn delete_records(bootstrap: &str, topic: &str, before: &[(i32, i64)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    use std::time::Duration;
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let mut tpl = TopicPartitionList::new();
+    for &(partition, offset) in before {
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+            .expect("offset to delete before");
+    }
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let result = block_on(admin.delete_records(&tpl, &options))
+        .unwrap_or_else(|e| panic!("delete records of {topic}: {e}"));
+    for e in result.elements() {
+        if let Err(err) = e.error() {
+            panic!(
+                "delete records of {topic} partition {}: {err}",
+                e.partition()
+            );
+        }
+    }
+}
+
+/// (log start, log end) of every partition of `topic`, in partition order: the offsets
+/// ListOffsets gives for earliest and latest.
+pub fn watermarks(bootstrap: &str, topic: &str) -> Vec<(i64, i64)> {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use std::time::Duration;
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("watermark reader");
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .expect("topic metadata");
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, timeout)
+                .unwrap_or_else(|e| panic!("watermarks of {topic} partition {p}: {e}"))
+        })
+        .collect()
+}
+
+/// Runs a future to completion on this thread (rdkafka's admin futures are completed by
+/// its own polling thread, so no runtime is needed).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
