@@ -19,7 +19,7 @@ use ebb_testkit::{repo_root, unique};
 const VARIANTS: &[(&str, &[&str])] = &[
     ("keda-lag, defaults", &[]),
     (
-        "keda-lag with MSK IAM, producer and PodMonitor",
+        "keda-lag with MSK IAM, producer, PodMonitor, PrometheusRule and Grafana dashboard",
         &[
             "--set",
             "kafka.auth.type=msk-iam",
@@ -29,6 +29,10 @@ const VARIANTS: &[(&str, &[&str])] = &[
             "producer.enabled=true",
             "--set",
             "monitoring.podMonitor.enabled=true",
+            "--set",
+            "monitoring.prometheusRule.enabled=true",
+            "--set",
+            "monitoring.grafanaDashboard.enabled=true",
         ],
     ),
     (
@@ -195,6 +199,7 @@ fn the_chart_and_what_ebb_tune_prints_apply_to_a_real_api_server() {
         "crd/triggerauthentications.keda.sh",
         "crd/podmonitors.monitoring.coreos.com",
         "crd/servicemonitors.monitoring.coreos.com",
+        "crd/prometheusrules.monitoring.coreos.com",
     ]));
 
     for (i, (variant, args)) in VARIANTS.iter().enumerate() {
@@ -222,6 +227,26 @@ fn the_chart_and_what_ebb_tune_prints_apply_to_a_real_api_server() {
             "{variant}: the stored ScaledObject's trigger"
         );
     }
+
+    // The variant with the monitoring objects (namespace ebb-1) has its alerts and the
+    // dashboard's ConfigMap, labelled for Grafana's sidecar, stored.
+    let alerts = server.get(
+        "ebb-1",
+        &["prometheusrules.monitoring.coreos.com"],
+        "{.items[*].spec.groups[*].rules[*].alert}",
+    );
+    assert_eq!(
+        alerts,
+        "EbbConsumerLagGrowingAtMaxReplicas EbbMessageTimeAboveSla EbbPartitionStalled \
+         EbbDeadLetters EbbConsumerNotReady EbbProducerBehindTarget",
+        "the stored PrometheusRule's alerts"
+    );
+    let dashboards = server.get(
+        "ebb-1",
+        &["configmaps", "-l", "grafana_dashboard=1"],
+        "{.items[*].metadata.name}",
+    );
+    assert_eq!(dashboards, "ebb-grafana-dashboard");
 
     // The API server refuses a misspelt field instead of dropping it.
     let so = render("ebb-0", &[]);

@@ -296,3 +296,18 @@ readinessProbe:
 {{- if or (include "ebb.saslPassword" .) (eq .Values.kafka.auth.type "msk-iam") .Values.kafka.tls.caSecret.name -}}true{{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+Relabelings of the PodMonitor and ServiceMonitor: every series of this release's targets
+carries the topic and the consumer group it works on, as the target labels `topic` and
+`consumer_group`, which ebb's dashboard (deploy/grafana/ebb.json) and alerts
+(_prometheus-rules.tpl) select and group by. ebb's own metrics carry neither.
+*/}}
+{{- define "ebb.kafkaTargetLabels" -}}
+- action: replace
+  targetLabel: topic
+  replacement: {{ .Values.kafka.topic | quote }}
+- action: replace
+  targetLabel: consumer_group
+  replacement: {{ .Values.kafka.consumerGroup | quote }}
+{{- end -}}
