@@ -17,10 +17,10 @@ pub enum AdminError {
     #[error("{0}")]
     Unreachable(String),
     /// `topic create` for a name that is taken.
-    #[error("topic \"{0}\" already exists (pass --if-not-exists to accept that)")]
+    #[error("topic \"{0}\" already exists")]
     TopicExists(String),
     /// The topic is not in the cluster.
-    #[error("topic \"{0}\" does not exist; create it with: ebb topic create {0} --partitions N")]
+    #[error("topic \"{0}\" does not exist")]
     UnknownTopic(String),
     /// The consumer group has no members and no committed offsets on the topic.
     #[error("group {group} is unknown: it has no members and never committed on {topic}")]
@@ -30,6 +30,9 @@ pub enum AdminError {
         /// The topic asked about.
         topic: String,
     },
+    /// No MSK IAM token for the admin client.
+    #[error("MSK IAM: {0}")]
+    Auth(#[from] crate::msk_iam::MskIamError),
     /// Anything else Kafka said no to.
     #[error("{context}: {source}")]
     Kafka {
@@ -70,7 +73,7 @@ impl Admin {
                     source,
                 })?;
         if let Some(iam) = options.msk_iam() {
-            set_token(&client, &iam).map_err(AdminError::Unreachable)?;
+            set_token(&client, &iam)?;
         }
         Ok(Admin {
             client: Arc::new(client),
@@ -225,11 +228,13 @@ impl Admin {
 fn set_token(
     client: &AdminClient<DefaultClientContext>,
     iam: &crate::msk_iam::MskIam,
-) -> Result<(), String> {
+) -> Result<(), crate::msk_iam::MskIamError> {
+    use crate::msk_iam::MskIamError;
     use std::ffi::CString;
-    let token = iam.token().map_err(|e| format!("MSK IAM: {e}"))?;
-    let value = CString::new(token.token).map_err(|e| format!("MSK IAM token: {e}"))?;
-    let principal = CString::new("ebb").map_err(|e| e.to_string())?;
+    let token = iam.token()?;
+    // A base64url token and a literal principal: neither holds a NUL byte.
+    let value = CString::new(token.token).map_err(|e| MskIamError::Refused(e.to_string()))?;
+    let principal = CString::new("ebb").map_err(|e| MskIamError::Refused(e.to_string()))?;
     let mut error = [0 as std::ffi::c_char; 512];
     // SAFETY: the client handle is alive for the whole call; both strings are
     // NUL-terminated and outlive it; no extensions are passed (null, 0); `error` is a
@@ -251,10 +256,7 @@ fn set_token(
     } else {
         // SAFETY: librdkafka wrote a NUL-terminated message into `error`.
         let message = unsafe { std::ffi::CStr::from_ptr(error.as_ptr()) };
-        Err(format!(
-            "MSK IAM: librdkafka refused the token: {}",
-            message.to_string_lossy()
-        ))
+        Err(MskIamError::Refused(message.to_string_lossy().into_owned()))
     }
 }
 

@@ -1,15 +1,23 @@
 //! The HTTP side every ebb server has: `/metrics` (Prometheus), `/healthz`, `/readyz`,
-//! plus whatever routes a command adds (the producer's `/rate`).
+//! plus whatever routes a command adds (the producer's `/rate`); and the clients ebb reads
+//! such endpoints with: [`Client`] (async) and [`get`] (blocking).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
+use axum::http::{self, Uri};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client as LegacyClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use prometheus_client::registry::Registry;
 
 /// Liveness and readiness as the process itself judges them.
@@ -111,54 +119,139 @@ pub async fn serve(addr: SocketAddr, router: Router, setting: &str) -> anyhow::R
     Ok(bound)
 }
 
-/// A plain HTTP/1.0 GET of an `http://host:port/path` URL, returning the status code and
-/// the body. For the local endpoints ebb itself talks to (workers' `/readyz` and
-/// `/metrics`, the AWS container-credentials endpoint); `timeout` bounds each step.
+/// Why an HTTP GET of one of ebb's own endpoints (or the AWS container credentials
+/// endpoint) got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The URL is not an `http://host:port/path` URL.
+    #[error("\"{url}\" is not an http:// URL: {reason}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Connecting, sending or reading failed.
+    #[error("GET {url}: {reason}")]
+    Failed {
+        /// The URL.
+        url: String,
+        /// The client's reason.
+        reason: String,
+    },
+    /// No whole answer within the time allowed.
+    #[error("GET {url}: no answer within {timeout:?}")]
+    TimedOut {
+        /// The URL.
+        url: String,
+        /// The time allowed.
+        timeout: Duration,
+    },
+}
+
+/// A blocking GET of a plain `http://` URL, returning the status code and the body; for
+/// callers on a thread of their own (librdkafka's token refresh, tests). `timeout` bounds
+/// the whole exchange. Built on `ureq` without TLS: every endpoint it serves is local or
+/// link-local.
 pub fn get(
     url: &str,
     authorization: Option<&str>,
-    timeout: std::time::Duration,
-) -> Result<(u16, String), String> {
-    use std::io::{Read, Write};
-    use std::net::{TcpStream, ToSocketAddrs};
-
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// endpoints are supported"))?;
-    let (authority, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-    let address = if authority.contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
+    timeout: Duration,
+) -> Result<(u16, String), HttpError> {
+    let failed = |e: ureq::Error| match e {
+        ureq::Error::Timeout(_) => HttpError::TimedOut {
+            url: url.to_string(),
+            timeout,
+        },
+        other => HttpError::Failed {
+            url: url.to_string(),
+            reason: other.to_string(),
+        },
     };
-    let socket = address
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| format!("{url}: cannot resolve {address}"))?;
-    let mut stream = TcpStream::connect_timeout(&socket, timeout)
-        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
-    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {authority}\r\n{auth}\r\n"
-    )
-    .map_err(|e| format!("cannot send to {address}: {e}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("cannot read from {address}: {e}"))?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{url}: malformed HTTP reply"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("{url}: malformed HTTP status line"))?;
-    Ok((status, body.to_string()))
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        // Straight to the endpoint: a proxy from the environment cannot reach a pod's
+        // link-local credentials endpoint or a worker on 127.0.0.1.
+        .proxy(None)
+        .build()
+        .into();
+    let mut request = agent.get(url);
+    if let Some(authorization) = authorization {
+        request = request.header("Authorization", authorization);
+    }
+    let mut response = request.call().map_err(failed)?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().map_err(failed)?;
+    Ok((status, body))
+}
+
+/// An asynchronous HTTP/1 client for plain `http://` URLs (workers' `/readyz` and
+/// `/metrics`), on hyper's client with its connection pool. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: LegacyClient<HttpConnector, Empty<Bytes>>,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Client::new()
+    }
+}
+
+impl Client {
+    /// A client; it connects on the first request. Needs a Tokio runtime.
+    pub fn new() -> Self {
+        Client {
+            inner: LegacyClient::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// GETs `url`, returning the status code and the body; `timeout` bounds the whole
+    /// exchange.
+    pub async fn get(&self, url: &str, timeout: Duration) -> Result<(u16, String), HttpError> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| HttpError::BadUrl {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
+        let failed = |reason: String| HttpError::Failed {
+            url: url.to_string(),
+            reason,
+        };
+        let exchange = async {
+            let response = self
+                .inner
+                .get(uri)
+                .await
+                .map_err(|e| failed(error_chain(&e)))?;
+            let status = response.status().as_u16();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| failed(e.to_string()))?
+                .to_bytes();
+            Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| HttpError::TimedOut {
+                url: url.to_string(),
+                timeout,
+            })?
+    }
+}
+
+/// An error and its causes, "a: b: c" (hyper's client error alone says only "client error
+/// (Connect)").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }

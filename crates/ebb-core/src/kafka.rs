@@ -61,19 +61,62 @@ impl SecurityProtocol {
     }
 }
 
+impl std::fmt::Display for SecurityProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl std::str::FromStr for SecurityProtocol {
-    type Err = String;
+    type Err = SettingError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "plaintext" => Ok(SecurityProtocol::Plaintext),
             "ssl" => Ok(SecurityProtocol::Ssl),
             "sasl_plaintext" => Ok(SecurityProtocol::SaslPlaintext),
             "sasl_ssl" => Ok(SecurityProtocol::SaslSsl),
-            other => Err(format!(
-                "unknown security protocol \"{other}\"; use plaintext, ssl, sasl_plaintext or sasl_ssl"
-            )),
+            other => Err(SettingError::UnknownSecurityProtocol(other.to_string())),
         }
     }
+}
+
+/// Where a consumer group without a committed offset starts reading a partition
+/// (librdkafka's `auto.offset.reset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetReset {
+    /// At the oldest record kept: nothing already in the topic is skipped.
+    #[default]
+    Earliest,
+    /// At the log end: only records produced from now on.
+    Latest,
+}
+
+impl OffsetReset {
+    /// The librdkafka value of `auto.offset.reset`; the one place it is spelled.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        }
+    }
+}
+
+/// A Kafka client setting that is malformed, or that does not go with another. Worded by
+/// concept ("the AWS region"); the command line names its own flags for them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingError {
+    /// Not one of Kafka's `security.protocol` values.
+    #[error("unknown security protocol \"{0}\"; use plaintext, ssl, sasl_plaintext or sasl_ssl")]
+    UnknownSecurityProtocol(String),
+    /// MSK IAM signs for a region, and none is given.
+    #[error("SASL mechanism AWS_MSK_IAM needs the AWS region of the MSK cluster")]
+    MskIamWithoutRegion,
+    /// MSK IAM runs over SASL with TLS only.
+    #[error("SASL mechanism AWS_MSK_IAM needs security protocol sasl_ssl, not {0}")]
+    MskIamWithoutSaslSsl(SecurityProtocol),
+    /// An extra librdkafka property not written `key=value`.
+    #[error("\"{0}\" is not a librdkafka property written key=value, e.g. fetch.max.bytes=1048576")]
+    NotKeyValue(String),
 }
 
 impl Default for KafkaOptions {
@@ -158,16 +201,14 @@ impl KafkaOptions {
         })
     }
 
-    /// Checks settings that only make sense together; the error names them.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks settings that only make sense together; the error says which.
+    pub fn validate(&self) -> Result<(), SettingError> {
         if self.sasl_mechanism.as_deref() == Some(MSK_IAM) {
             if self.aws_region.as_deref().is_none_or(str::is_empty) {
-                return Err("--sasl-mechanism AWS_MSK_IAM needs --aws-region (AWS_REGION)".into());
+                return Err(SettingError::MskIamWithoutRegion);
             }
             if self.security_protocol != SecurityProtocol::SaslSsl {
-                return Err(
-                    "--sasl-mechanism AWS_MSK_IAM needs --security-protocol sasl_ssl".into(),
-                );
+                return Err(SettingError::MskIamWithoutSaslSsl(self.security_protocol));
             }
         }
         Ok(())
@@ -192,7 +233,7 @@ impl KafkaOptions {
             )
         } else {
             format!(
-                "cannot reach Kafka at {} within {:?}; check --bootstrap-servers (KAFKA_BOOTSTRAP_SERVERS), the network and the security settings",
+                "cannot reach Kafka at {} within {:?}; check the bootstrap servers, the network and the security settings",
                 self.bootstrap_servers, self.request_timeout
             )
         }
@@ -223,7 +264,7 @@ impl AuthContext {
                 e
             }),
             None => Err(
-                "OAUTHBEARER needs --sasl-mechanism AWS_MSK_IAM (the only token source ebb has)"
+                "OAUTHBEARER needs SASL mechanism AWS_MSK_IAM (the only token source ebb has)"
                     .into(),
             ),
         }
@@ -244,12 +285,10 @@ impl ClientContext for AuthContext {
 impl rdkafka::consumer::ConsumerContext for AuthContext {}
 
 /// Parses one `key=value` librdkafka property given with `-X`.
-pub fn parse_property(text: &str) -> Result<(String, String), String> {
+pub fn parse_property(text: &str) -> Result<(String, String), SettingError> {
     match text.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!(
-            "\"{text}\" is not key=value, e.g. -X fetch.max.bytes=1048576"
-        )),
+        _ => Err(SettingError::NotKeyValue(text.to_string())),
     }
 }
 
@@ -264,8 +303,15 @@ mod tests {
             "tls"
                 .parse::<SecurityProtocol>()
                 .unwrap_err()
+                .to_string()
                 .contains("sasl_ssl")
         );
+    }
+
+    #[test]
+    fn offset_reset_spells_librdkafka_values() {
+        assert_eq!(OffsetReset::default().as_librdkafka(), "earliest");
+        assert_eq!(OffsetReset::Latest.as_librdkafka(), "latest");
     }
 
     #[test]
@@ -291,9 +337,14 @@ mod tests {
     fn msk_iam_needs_a_region_and_sasl_ssl() {
         let mut options = KafkaOptions::new("b-1:9098");
         options.sasl_mechanism = Some(MSK_IAM.into());
-        assert!(options.validate().unwrap_err().contains("--aws-region"));
+        assert_eq!(options.validate(), Err(SettingError::MskIamWithoutRegion));
         options.aws_region = Some("us-east-1".into());
-        assert!(options.validate().unwrap_err().contains("sasl_ssl"));
+        assert_eq!(
+            options.validate(),
+            Err(SettingError::MskIamWithoutSaslSsl(
+                SecurityProtocol::Plaintext
+            ))
+        );
         options.security_protocol = SecurityProtocol::SaslSsl;
         assert_eq!(options.validate(), Ok(()));
         assert_eq!(
@@ -308,6 +359,6 @@ mod tests {
         let local = KafkaOptions::new("127.0.0.1:9092").unreachable_hint();
         assert!(local.contains("127.0.0.1:9092") && local.contains("scripts/kafka-local start"));
         let remote = KafkaOptions::new("b-1.example:9098").unreachable_hint();
-        assert!(remote.contains("b-1.example:9098") && remote.contains("KAFKA_BOOTSTRAP_SERVERS"));
+        assert!(remote.contains("b-1.example:9098") && remote.contains("bootstrap servers"));
     }
 }

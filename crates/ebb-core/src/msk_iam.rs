@@ -14,6 +14,48 @@ use sha2::{Digest, Sha256};
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(900);
 const SERVICE: &str = "kafka-cluster";
 
+/// Why no MSK IAM token could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum MskIamError {
+    /// Neither the variables nor a container credentials endpoint are set.
+    #[error(
+        "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run with EKS Pod Identity (AWS_CONTAINER_CREDENTIALS_FULL_URI)"
+    )]
+    NoCredentials,
+    /// The container authorization token file cannot be read.
+    #[error("cannot read AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The container credentials endpoint did not answer.
+    #[error("container credentials: {0}")]
+    Endpoint(#[from] crate::http::HttpError),
+    /// The endpoint answered with an error status.
+    #[error("container credentials: {url} answered HTTP {status}")]
+    Status {
+        /// The endpoint.
+        url: String,
+        /// Its status code.
+        status: u16,
+    },
+    /// The endpoint's reply is not the credentials document.
+    #[error("container credentials from {url}: unexpected reply: {source}")]
+    Reply {
+        /// The endpoint.
+        url: String,
+        /// What did not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// librdkafka did not take the token.
+    #[error("librdkafka refused the MSK IAM token: {0}")]
+    Refused(String),
+}
+
 /// AWS credentials.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AwsCredentials {
@@ -61,7 +103,7 @@ impl MskIam {
     }
 
     /// A token signed now with the credentials found in the environment.
-    pub fn token(&self) -> Result<MskToken, String> {
+    pub fn token(&self) -> Result<MskToken, MskIamError> {
         let credentials = find_credentials()?;
         Ok(self.token_with(&credentials, SystemTime::now()))
     }
@@ -187,7 +229,7 @@ fn encode(text: &str) -> String {
 
 /// Credentials from the environment variables, else from the container credentials
 /// endpoint (EKS Pod Identity, ECS task roles).
-pub fn find_credentials() -> Result<AwsCredentials, String> {
+pub fn find_credentials() -> Result<AwsCredentials, MskIamError> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     if let (Some(access_key_id), Some(secret_access_key)) =
         (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"))
@@ -204,15 +246,14 @@ pub fn find_credentials() -> Result<AwsCredentials, String> {
     ) {
         (Some(full), _) => full,
         (None, Some(relative)) => format!("http://169.254.170.2{relative}"),
-        (None, None) => {
-            return Err("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run with EKS Pod Identity (AWS_CONTAINER_CREDENTIALS_FULL_URI)".into());
-        }
+        (None, None) => return Err(MskIamError::NoCredentials),
     };
     let authorization = match var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE") {
         Some(path) => Some(
             std::fs::read_to_string(&path)
-                .map_err(|e| {
-                    format!("cannot read AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {path}: {e}")
+                .map_err(|source| MskIamError::TokenFile {
+                    path: path.clone(),
+                    source,
                 })?
                 .trim()
                 .to_string(),
@@ -220,10 +261,10 @@ pub fn find_credentials() -> Result<AwsCredentials, String> {
         None => var("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
     };
     let body = http_get(&url, authorization.as_deref())?;
-    parse_container_credentials(&body).map_err(|e| format!("container credentials from {url}: {e}"))
+    parse_container_credentials(&body).map_err(|source| MskIamError::Reply { url, source })
 }
 
-fn parse_container_credentials(body: &str) -> Result<AwsCredentials, String> {
+fn parse_container_credentials(body: &str) -> Result<AwsCredentials, serde_json::Error> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Reply {
@@ -231,7 +272,7 @@ fn parse_container_credentials(body: &str) -> Result<AwsCredentials, String> {
         secret_access_key: String,
         token: Option<String>,
     }
-    let reply: Reply = serde_json::from_str(body).map_err(|e| format!("unexpected reply: {e}"))?;
+    let reply: Reply = serde_json::from_str(body)?;
     Ok(AwsCredentials {
         access_key_id: reply.access_key_id,
         secret_access_key: reply.secret_access_key,
@@ -239,11 +280,15 @@ fn parse_container_credentials(body: &str) -> Result<AwsCredentials, String> {
     })
 }
 
-/// A GET of the credentials endpoint (link-local, plain HTTP), returning the body.
-fn http_get(url: &str, authorization: Option<&str>) -> Result<String, String> {
+/// A GET of the credentials endpoint (link-local, plain HTTP), returning the body. Blocking:
+/// librdkafka asks for tokens on its own thread.
+fn http_get(url: &str, authorization: Option<&str>) -> Result<String, MskIamError> {
     match crate::http::get(url, authorization, Duration::from_secs(5))? {
         (200, body) => Ok(body),
-        (status, _) => Err(format!("{url} answered HTTP {status}")),
+        (status, _) => Err(MskIamError::Status {
+            url: url.to_string(),
+            status,
+        }),
     }
 }
 
@@ -362,11 +407,13 @@ mod tests {
         .unwrap();
         let request = server.join().unwrap();
         assert!(
-            request.starts_with("GET /v1/credentials HTTP/1.0\r\n"),
+            request.starts_with("GET /v1/credentials HTTP/1.1\r\n"),
             "{request}"
         );
         assert!(
-            request.contains("Authorization: secret-auth\r\n"),
+            request
+                .to_ascii_lowercase()
+                .contains("authorization: secret-auth\r\n"),
             "{request}"
         );
         assert_eq!(

@@ -2,12 +2,19 @@
 //! the one kafka trigger, the replica bounds and timings, and the HPA behavior, with the
 //! Kubernetes API defaults filled in where fields are absent. Fields that KEDA or
 //! Kubernetes do not know, and values they would reject, are errors naming the field.
+//!
+//! This file also holds the crate's one YAML reader ([`read_yaml`]), which scenarios use
+//! too: serde-saphyr parses, `serde_path_to_error` names the offending field, and the
+//! documents are typed structs that refuse unknown fields.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
-use serde_yaml::{Mapping, Value};
+use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, Unexpected, Visitor};
 
-use crate::hpa::{Behavior, PolicyType, RatePolicy, ScalingRules, SelectPolicy};
+use crate::hpa::{PolicyType, RatePolicy, ScalingRules, SelectPolicy};
 use crate::keda::{KafkaTrigger, ScaledObjectSpec, parse_metadata};
 
 /// A field of a ScaledObject that is unknown, missing or invalid.
@@ -22,74 +29,53 @@ pub struct ScaledObjectError {
     pub reason: String,
 }
 
-struct Reader<'a> {
-    origin: &'a str,
+/// Why a YAML document could not be read into its type.
+#[derive(Debug)]
+pub(crate) enum YamlError {
+    /// Not YAML at all (or not one document): the parser's message, with line and column.
+    Syntax(String),
+    /// A field has the wrong type or value, is unknown or missing. `path` is empty when the
+    /// document as a whole has the wrong shape (e.g. a list where a mapping belongs).
+    Field {
+        /// Where, e.g. `spec.triggers[0].metadata`.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
-impl Reader<'_> {
-    fn error(&self, path: &str, reason: impl Into<String>) -> ScaledObjectError {
-        ScaledObjectError {
-            origin: self.origin.to_string(),
-            path: path.to_string(),
-            reason: reason.into(),
-        }
-    }
+fn yaml_options() -> serde_saphyr::Options {
+    let mut options = serde_saphyr::Options::default();
+    // One-line messages: ebb puts them after the file name and the field's path.
+    options.with_snippet = false;
+    // YAML 1.2 booleans only, as Kubernetes' trigger metadata are strings: `yes` stays
+    // the text "yes", and KEDA's own boolean check then refuses it.
+    options.strict_booleans = true;
+    options
+}
 
-    fn mapping<'v>(
-        &self,
-        value: &'v Value,
-        path: &str,
-        known: &[&str],
-    ) -> Result<&'v Mapping, ScaledObjectError> {
-        let map = value
-            .as_mapping()
-            .ok_or_else(|| self.error(path, "must be a mapping"))?;
-        for key in map.keys() {
-            let key = key
-                .as_str()
-                .ok_or_else(|| self.error(path, "keys must be strings"))?;
-            if !known.contains(&key) {
-                return Err(self.error(
-                    &join(path, key),
-                    format!("unknown field; known here: {}", known.join(", ")),
-                ));
-            }
-        }
-        Ok(map)
-    }
-
-    fn seconds(
-        &self,
-        map: &Mapping,
-        path: &str,
-        key: &str,
-    ) -> Result<Option<Duration>, ScaledObjectError> {
-        match map.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|n| Some(Duration::from_secs(n)))
-                .ok_or_else(|| {
-                    self.error(&join(path, key), "must be a whole number of seconds ≥ 0")
-                }),
-        }
-    }
-
-    fn count(
-        &self,
-        map: &Mapping,
-        path: &str,
-        key: &str,
-    ) -> Result<Option<u32>, ScaledObjectError> {
-        match map.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .map(Some)
-                .ok_or_else(|| self.error(&join(path, key), "must be a whole number ≥ 0")),
-        }
-    }
+/// Reads one YAML document into `T`; errors name the offending field's path.
+pub(crate) fn read_yaml<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
+    // The parser streams, so a syntax error could otherwise surface as a field's error;
+    // a first pass over the whole document tells the two apart.
+    serde_saphyr::from_str_with_options::<IgnoredAny>(text, yaml_options())
+        .map_err(|e| YamlError::Syntax(e.to_string()))?;
+    // The path is kept aside: after a field's error the reader still checks the rest of
+    // the stream and reports that instead, which would lose it.
+    let mut failed_at = None;
+    serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options(), |deserializer| {
+        serde_path_to_error::deserialize::<_, T>(deserializer).map_err(|e| {
+            failed_at = Some(e.path().to_string());
+            e.into_inner()
+        })
+    })
+    .map_err(|e| match failed_at {
+        Some(path) => YamlError::Field {
+            path: if path == "." { String::new() } else { path },
+            reason: e.to_string(),
+        },
+        None => YamlError::Syntax(e.to_string()),
+    })
 }
 
 /// `path.key`, or `key` at the top.
@@ -106,277 +92,455 @@ pub fn parse_scaled_object(
     text: &str,
     origin: &str,
 ) -> Result<ScaledObjectSpec, ScaledObjectError> {
-    let reader = Reader { origin };
-    let document: Value =
-        serde_yaml::from_str(text).map_err(|e| reader.error("(document)", e.to_string()))?;
-    from_value(&document, origin)
+    let error = |path: &str, reason: String| ScaledObjectError {
+        origin: origin.to_string(),
+        path: path.to_string(),
+        reason,
+    };
+    match read_yaml::<ScaledObjectDocument>(text) {
+        Ok(document) => document
+            .into_spec()
+            .map_err(|(path, reason)| error(&path, reason)),
+        Err(YamlError::Syntax(reason)) => Err(error("(document)", reason)),
+        Err(YamlError::Field { path, reason }) if path.is_empty() => {
+            Err(error("(document)", reason))
+        }
+        Err(YamlError::Field { path, reason }) => Err(error(&path, reason)),
+    }
 }
 
-/// Like [`parse_scaled_object`], for a document already parsed (a scenario's inline one).
-pub fn from_value(document: &Value, origin: &str) -> Result<ScaledObjectSpec, ScaledObjectError> {
-    let r = Reader { origin };
-    let top = r.mapping(
-        document,
-        "",
-        &["apiVersion", "kind", "metadata", "spec", "status"],
-    )?;
-    if let Some(kind) = top.get("kind").and_then(Value::as_str)
-        && kind != "ScaledObject"
-    {
-        return Err(r.error("kind", format!("is {kind}; expected ScaledObject")));
-    }
-    let spec_value = top.get("spec").ok_or_else(|| r.error("spec", "missing"))?;
-    let spec = r.mapping(
-        spec_value,
-        "spec",
-        &[
-            "scaleTargetRef",
-            "pollingInterval",
-            "cooldownPeriod",
-            "initialCooldownPeriod",
-            "idleReplicaCount",
-            "minReplicaCount",
-            "maxReplicaCount",
-            "advanced",
-            "triggers",
-            "fallback",
-        ],
-    )?;
-    let defaults = ScaledObjectSpec::default();
-    let mut out = ScaledObjectSpec {
-        polling_interval: r
-            .seconds(spec, "spec", "pollingInterval")?
-            .unwrap_or(defaults.polling_interval),
-        cooldown_period: r
-            .seconds(spec, "spec", "cooldownPeriod")?
-            .unwrap_or(defaults.cooldown_period),
-        min_replica_count: r
-            .count(spec, "spec", "minReplicaCount")?
-            .unwrap_or(defaults.min_replica_count),
-        max_replica_count: r
-            .count(spec, "spec", "maxReplicaCount")?
-            .unwrap_or(defaults.max_replica_count),
-        ..defaults
-    };
-    if out.polling_interval.is_zero() {
-        return Err(r.error("spec.pollingInterval", "must be at least 1"));
-    }
-    if out.max_replica_count == 0 || out.max_replica_count < out.min_replica_count {
-        return Err(r.error("spec.maxReplicaCount", "must be ≥ 1 and ≥ minReplicaCount"));
-    }
-    if let Some(advanced) = spec.get("advanced") {
-        let advanced = r.mapping(
-            advanced,
-            "spec.advanced",
-            &[
-                "horizontalPodAutoscalerConfig",
-                "restoreToOriginalReplicaCount",
-                "scalingModifiers",
-            ],
-        )?;
-        if let Some(hpa) = advanced.get("horizontalPodAutoscalerConfig") {
-            let path = "spec.advanced.horizontalPodAutoscalerConfig";
-            let hpa = r.mapping(hpa, path, &["name", "behavior"])?;
-            if let Some(behavior) = hpa.get("behavior") {
-                out.behavior = behavior_from(&r, behavior, &format!("{path}.behavior"))?;
-            }
-        }
-    }
-    let triggers = spec
-        .get("triggers")
-        .and_then(Value::as_sequence)
-        .ok_or_else(|| r.error("spec.triggers", "missing; give one trigger of type kafka"))?;
-    let kafka: Vec<(usize, &Value)> = triggers
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| t.get("type").and_then(Value::as_str) == Some("kafka"))
-        .collect();
-    match kafka.as_slice() {
-        [(i, trigger)] => out.trigger = kafka_trigger(&r, trigger, &format!("spec.triggers[{i}]"))?,
-        [] => return Err(r.error("spec.triggers", "no trigger of type kafka")),
-        _ => {
-            return Err(r.error(
-                "spec.triggers",
-                "more than one kafka trigger; ebb models one",
+/// A ScaledObject as written (`keda.sh/v1alpha1`); what ebb does not model is checked for
+/// its name only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ScaledObjectDocument {
+    #[serde(rename = "apiVersion")]
+    _api_version: Option<IgnoredAny>,
+    kind: Option<String>,
+    #[serde(rename = "metadata")]
+    _metadata: Option<IgnoredAny>,
+    spec: Option<SpecDocument>,
+    #[serde(rename = "status")]
+    _status: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SpecDocument {
+    #[serde(rename = "scaleTargetRef")]
+    _scale_target_ref: Option<IgnoredAny>,
+    polling_interval: Option<Seconds>,
+    cooldown_period: Option<Seconds>,
+    #[serde(rename = "initialCooldownPeriod")]
+    _initial_cooldown_period: Option<IgnoredAny>,
+    #[serde(rename = "idleReplicaCount")]
+    _idle_replica_count: Option<IgnoredAny>,
+    min_replica_count: Option<Count>,
+    max_replica_count: Option<Count>,
+    advanced: Option<AdvancedDocument>,
+    triggers: Option<Vec<TriggerDocument>>,
+    #[serde(rename = "fallback")]
+    _fallback: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AdvancedDocument {
+    horizontal_pod_autoscaler_config: Option<HpaConfigDocument>,
+    #[serde(rename = "restoreToOriginalReplicaCount")]
+    _restore_to_original_replica_count: Option<IgnoredAny>,
+    #[serde(rename = "scalingModifiers")]
+    _scaling_modifiers: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HpaConfigDocument {
+    #[serde(rename = "name")]
+    _name: Option<IgnoredAny>,
+    behavior: Option<BehaviorDocument>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct BehaviorDocument {
+    scale_up: Option<RulesDocument>,
+    scale_down: Option<RulesDocument>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RulesDocument {
+    stabilization_window_seconds: Option<Seconds>,
+    select_policy: Option<Select>,
+    policies: Option<Vec<PolicyDocument>>,
+    tolerance: Option<Tolerance>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PolicyDocument {
+    #[serde(rename = "type")]
+    kind: Kind,
+    value: Count,
+    period_seconds: Seconds,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TriggerDocument {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(rename = "name")]
+    _name: Option<IgnoredAny>,
+    metadata: Option<BTreeMap<String, Text>>,
+    #[serde(rename = "authenticationRef")]
+    _authentication_ref: Option<IgnoredAny>,
+    metric_type: Option<String>,
+    #[serde(rename = "useCachedMetrics")]
+    _use_cached_metrics: Option<IgnoredAny>,
+}
+
+/// The kafka trigger's metadata keys KEDA v2.21 knows.
+const KAFKA_METADATA: &[&str] = &[
+    "bootstrapServers",
+    "bootstrapServersFromEnv",
+    "consumerGroup",
+    "consumerGroupFromEnv",
+    "topic",
+    "topicFromEnv",
+    "lagThreshold",
+    "activationLagThreshold",
+    "offsetResetPolicy",
+    "allowIdleConsumers",
+    "scaleToZeroOnInvalidOffset",
+    "excludePersistentLag",
+    "limitToPartitionsWithLag",
+    "ensureEvenDistributionOfPartitions",
+    "partitionLimitation",
+    "fullMetadata",
+    "version",
+    "sasl",
+    "saslTokenProvider",
+    "tls",
+    "unsafeSsl",
+    "awsRegion",
+    "awsEndpoint",
+];
+
+/// A field's path and what is wrong with it.
+type Problem = (String, String);
+
+impl ScaledObjectDocument {
+    /// The model of this ScaledObject; an error is the field's path and the reason.
+    pub(crate) fn into_spec(self) -> Result<ScaledObjectSpec, Problem> {
+        let problem = |path: &str, reason: &str| (path.to_string(), reason.to_string());
+        if let Some(kind) = &self.kind
+            && kind != "ScaledObject"
+        {
+            return Err(problem(
+                "kind",
+                &format!("is {kind}; expected ScaledObject"),
             ));
         }
-    }
-    Ok(out)
-}
-
-fn behavior_from(r: &Reader<'_>, value: &Value, path: &str) -> Result<Behavior, ScaledObjectError> {
-    let map = r.mapping(value, path, &["scaleUp", "scaleDown"])?;
-    let mut behavior = Behavior::default();
-    if let Some(up) = map.get("scaleUp") {
-        behavior.scale_up = rules_from(
-            r,
-            up,
-            &format!("{path}.scaleUp"),
-            ScalingRules::default_scale_up(),
-        )?;
-    }
-    if let Some(down) = map.get("scaleDown") {
-        behavior.scale_down = rules_from(
-            r,
-            down,
-            &format!("{path}.scaleDown"),
-            ScalingRules::default_scale_down(),
-        )?;
-    }
-    Ok(behavior)
-}
-
-/// One direction's rules; absent fields take that direction's API default.
-fn rules_from(
-    r: &Reader<'_>,
-    value: &Value,
-    path: &str,
-    default: ScalingRules,
-) -> Result<ScalingRules, ScaledObjectError> {
-    let map = r.mapping(
-        value,
-        path,
-        &[
-            "stabilizationWindowSeconds",
-            "selectPolicy",
-            "policies",
-            "tolerance",
-        ],
-    )?;
-    let mut rules = default;
-    if let Some(window) = r.seconds(map, path, "stabilizationWindowSeconds")? {
-        if window > Duration::from_secs(3600) {
-            return Err(r.error(&join(path, "stabilizationWindowSeconds"), "must be ≤ 3600"));
-        }
-        rules.stabilization_window = window;
-    }
-    if let Some(select) = map.get("selectPolicy") {
-        rules.select_policy = match select.as_str() {
-            Some("Max") => SelectPolicy::Max,
-            Some("Min") => SelectPolicy::Min,
-            Some("Disabled") => SelectPolicy::Disabled,
-            _ => return Err(r.error(&join(path, "selectPolicy"), "must be Max, Min or Disabled")),
+        let spec = self.spec.ok_or_else(|| problem("spec", "missing"))?;
+        let defaults = ScaledObjectSpec::default();
+        let mut out = ScaledObjectSpec {
+            polling_interval: spec
+                .polling_interval
+                .map_or(defaults.polling_interval, |s| s.0),
+            cooldown_period: spec
+                .cooldown_period
+                .map_or(defaults.cooldown_period, |s| s.0),
+            min_replica_count: spec
+                .min_replica_count
+                .map_or(defaults.min_replica_count, |c| c.0),
+            max_replica_count: spec
+                .max_replica_count
+                .map_or(defaults.max_replica_count, |c| c.0),
+            ..defaults
         };
-    }
-    if let Some(tolerance) = map.get("tolerance") {
-        let t = tolerance
-            .as_f64()
-            .or_else(|| tolerance.as_str().and_then(|s| s.parse().ok()))
-            .filter(|t| *t >= 0.0)
-            .ok_or_else(|| r.error(&join(path, "tolerance"), "must be a number ≥ 0"))?;
-        rules.tolerance = Some(t);
-    }
-    if let Some(policies) = map.get("policies") {
-        let list = policies
-            .as_sequence()
-            .ok_or_else(|| r.error(&join(path, "policies"), "must be a list"))?;
-        if list.is_empty() {
-            return Err(r.error(&join(path, "policies"), "must not be empty"));
+        if out.polling_interval.is_zero() {
+            return Err(problem("spec.pollingInterval", "must be at least 1"));
         }
-        rules.policies = list
-            .iter()
+        if out.max_replica_count == 0 || out.max_replica_count < out.min_replica_count {
+            return Err(problem(
+                "spec.maxReplicaCount",
+                "must be ≥ 1 and ≥ minReplicaCount",
+            ));
+        }
+        if let Some(behavior) = spec
+            .advanced
+            .and_then(|a| a.horizontal_pod_autoscaler_config)
+            .and_then(|h| h.behavior)
+        {
+            let path = "spec.advanced.horizontalPodAutoscalerConfig.behavior";
+            if let Some(up) = behavior.scale_up {
+                out.behavior.scale_up =
+                    up.into_rules(&format!("{path}.scaleUp"), ScalingRules::default_scale_up())?;
+            }
+            if let Some(down) = behavior.scale_down {
+                out.behavior.scale_down = down.into_rules(
+                    &format!("{path}.scaleDown"),
+                    ScalingRules::default_scale_down(),
+                )?;
+            }
+        }
+        let triggers = spec
+            .triggers
+            .ok_or_else(|| problem("spec.triggers", "missing; give one trigger of type kafka"))?;
+        let mut kafka = triggers
+            .into_iter()
             .enumerate()
-            .map(|(i, p)| {
-                let at = format!("{path}.policies[{i}]");
-                let m = r.mapping(p, &at, &["type", "value", "periodSeconds"])?;
-                let kind = match m.get("type").and_then(Value::as_str) {
-                    Some("Pods") => PolicyType::Pods,
-                    Some("Percent") => PolicyType::Percent,
-                    _ => return Err(r.error(&join(&at, "type"), "must be Pods or Percent")),
-                };
-                let value = r
-                    .count(m, &at, "value")?
-                    .filter(|v| *v > 0)
-                    .ok_or_else(|| r.error(&join(&at, "value"), "must be > 0"))?;
-                let period = r
-                    .seconds(m, &at, "periodSeconds")?
-                    .filter(|p| !p.is_zero() && *p <= Duration::from_secs(1800))
-                    .ok_or_else(|| r.error(&join(&at, "periodSeconds"), "must be 1..=1800"))?;
-                Ok(RatePolicy {
-                    kind,
-                    value,
-                    period,
-                })
-            })
-            .collect::<Result<_, _>>()?;
+            .filter(|(_, t)| t.kind == "kafka");
+        match (kafka.next(), kafka.next()) {
+            (Some((i, trigger)), None) => {
+                out.trigger = trigger.into_kafka(&format!("spec.triggers[{i}]"))?
+            }
+            (None, _) => return Err(problem("spec.triggers", "no trigger of type kafka")),
+            (Some(_), Some(_)) => {
+                return Err(problem(
+                    "spec.triggers",
+                    "more than one kafka trigger; ebb models one",
+                ));
+            }
+        }
+        Ok(out)
     }
-    Ok(rules)
 }
 
-fn kafka_trigger(
-    r: &Reader<'_>,
-    value: &Value,
-    path: &str,
-) -> Result<KafkaTrigger, ScaledObjectError> {
-    let map = r.mapping(
-        value,
-        path,
-        &[
-            "type",
-            "name",
-            "metadata",
-            "authenticationRef",
-            "metricType",
-            "useCachedMetrics",
-        ],
-    )?;
-    if let Some(kind) = map.get("metricType").and_then(Value::as_str)
-        && kind != "AverageValue"
-    {
-        return Err(r.error(
-            &join(path, "metricType"),
-            "ebb models the kafka trigger's AverageValue target only",
-        ));
+impl RulesDocument {
+    /// One direction's rules; absent fields take that direction's API default.
+    fn into_rules(self, path: &str, default: ScalingRules) -> Result<ScalingRules, Problem> {
+        let mut rules = default;
+        if let Some(Seconds(window)) = self.stabilization_window_seconds {
+            if window > Duration::from_secs(3600) {
+                return Err((
+                    join(path, "stabilizationWindowSeconds"),
+                    "must be ≤ 3600".into(),
+                ));
+            }
+            rules.stabilization_window = window;
+        }
+        if let Some(Select(select)) = self.select_policy {
+            rules.select_policy = select;
+        }
+        if let Some(Tolerance(t)) = self.tolerance {
+            rules.tolerance = Some(t);
+        }
+        if let Some(policies) = self.policies {
+            if policies.is_empty() {
+                return Err((join(path, "policies"), "must not be empty".into()));
+            }
+            rules.policies = policies
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let at = format!("{path}.policies[{i}]");
+                    if p.value.0 == 0 {
+                        return Err((join(&at, "value"), "must be > 0".into()));
+                    }
+                    let period = p.period_seconds.0;
+                    if period.is_zero() || period > Duration::from_secs(1800) {
+                        return Err((join(&at, "periodSeconds"), "must be 1..=1800".into()));
+                    }
+                    Ok(RatePolicy {
+                        kind: p.kind.0,
+                        value: p.value.0,
+                        period,
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(rules)
     }
-    let metadata_path = join(path, "metadata");
-    let metadata = r.mapping(
-        map.get("metadata")
-            .ok_or_else(|| r.error(&metadata_path, "missing"))?,
-        &metadata_path,
-        &[
-            "bootstrapServers",
-            "bootstrapServersFromEnv",
-            "consumerGroup",
-            "consumerGroupFromEnv",
-            "topic",
-            "topicFromEnv",
-            "lagThreshold",
-            "activationLagThreshold",
-            "offsetResetPolicy",
-            "allowIdleConsumers",
-            "scaleToZeroOnInvalidOffset",
-            "excludePersistentLag",
-            "limitToPartitionsWithLag",
-            "ensureEvenDistributionOfPartitions",
-            "partitionLimitation",
-            "fullMetadata",
-            "version",
-            "sasl",
-            "saslTokenProvider",
-            "tls",
-            "unsafeSsl",
-            "awsRegion",
-            "awsEndpoint",
-        ],
-    )?;
-    // Kubernetes keeps trigger metadata as strings; accept plain numbers and booleans too.
-    let text = |key: &str| -> Option<String> {
-        metadata.get(key).map(|v| match v {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
-            _ => String::new(),
+}
+
+impl TriggerDocument {
+    fn into_kafka(self, path: &str) -> Result<KafkaTrigger, Problem> {
+        if let Some(kind) = &self.metric_type
+            && kind != "AverageValue"
+        {
+            return Err((
+                join(path, "metricType"),
+                "ebb models the kafka trigger's AverageValue target only".into(),
+            ));
+        }
+        let metadata_path = join(path, "metadata");
+        let metadata = self
+            .metadata
+            .ok_or_else(|| (metadata_path.clone(), "missing".to_string()))?;
+        if let Some(key) = metadata
+            .keys()
+            .find(|k| !KAFKA_METADATA.contains(&k.as_str()))
+        {
+            return Err((
+                join(&metadata_path, key),
+                format!("unknown field; known here: {}", KAFKA_METADATA.join(", ")),
+            ));
+        }
+        // KEDA's own reading and checks; the connection keys are not required because ebb
+        // simulates the trigger without connecting.
+        parse_metadata(&|key: &str| metadata.get(key).map(|t| t.0.clone()), false).map_err(|e| {
+            let at = match e.key {
+                Some(key) => join(&metadata_path, key),
+                None => metadata_path.clone(),
+            };
+            (at, e.message)
         })
-    };
-    // KEDA's own reading and checks; the connection keys are not required because ebb
-    // simulates the trigger without connecting.
-    parse_metadata(&text, false).map_err(|e| {
-        let at = match e.key {
-            Some(key) => join(&metadata_path, key),
-            None => metadata_path.clone(),
-        };
-        r.error(&at, e.message)
-    })
+    }
+}
+
+/// A whole number of seconds ≥ 0, as Kubernetes' `*Seconds` and KEDA's intervals are.
+#[derive(Debug)]
+struct Seconds(Duration);
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let n = deserializer.deserialize_any(Whole("a whole number of seconds ≥ 0"))?;
+        Ok(Seconds(Duration::from_secs(n)))
+    }
+}
+
+/// A whole number ≥ 0 that fits 32 bits (replica counts, policy values).
+#[derive(Debug)]
+struct Count(u32);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const EXPECTED: &str = "a whole number ≥ 0";
+        let n = deserializer.deserialize_any(Whole(EXPECTED))?;
+        u32::try_from(n)
+            .map(Count)
+            .map_err(|_| de::Error::invalid_value(Unexpected::Unsigned(n), &EXPECTED))
+    }
+}
+
+/// Visits a whole number ≥ 0; the text says what the field expects.
+struct Whole(&'static str);
+
+impl Visitor<'_> for Whole {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<u64, E> {
+        Ok(n)
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<u64, E> {
+        u64::try_from(n).map_err(|_| E::invalid_value(Unexpected::Signed(n), &self))
+    }
+}
+
+/// The HPA's tolerance: a number ≥ 0, also as a string (Kubernetes' `Quantity`).
+#[derive(Debug)]
+struct Tolerance(f64);
+
+impl<'de> Deserialize<'de> for Tolerance {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = f64;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number ≥ 0")
+            }
+            fn visit_f64<E: de::Error>(self, t: f64) -> Result<f64, E> {
+                if t >= 0.0 {
+                    Ok(t)
+                } else {
+                    Err(E::invalid_value(Unexpected::Float(t), &self))
+                }
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<f64, E> {
+                Ok(n as f64)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<f64, E> {
+                self.visit_f64(n as f64)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<f64, E> {
+                match s.trim().parse::<f64>() {
+                    Ok(t) => self.visit_f64(t),
+                    Err(_) => Err(E::invalid_value(Unexpected::Str(s), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(V).map(Tolerance)
+    }
+}
+
+/// A value of Kubernetes' string map (trigger metadata): strings, and plain numbers and
+/// booleans taken as their text.
+#[derive(Debug)]
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = String;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<String, E> {
+                Ok(s.to_string())
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<String, E> {
+                Ok(b.to_string())
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<String, E> {
+                Ok(n.to_string())
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<String, E> {
+                Ok(n.to_string())
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<String, E> {
+                Ok(n.to_string())
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<String, E> {
+                Ok(String::new())
+            }
+            fn visit_none<E: de::Error>(self) -> Result<String, E> {
+                Ok(String::new())
+            }
+        }
+        deserializer.deserialize_any(V).map(Text)
+    }
+}
+
+/// An HPA policy's `type`.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "String")]
+struct Kind(PolicyType);
+
+impl TryFrom<String> for Kind {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "Pods" => Ok(Kind(PolicyType::Pods)),
+            "Percent" => Ok(Kind(PolicyType::Percent)),
+            _ => Err(format!("\"{text}\" must be Pods or Percent")),
+        }
+    }
+}
+
+/// An HPA direction's `selectPolicy`.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "String")]
+struct Select(SelectPolicy);
+
+impl TryFrom<String> for Select {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "Max" => Ok(Select(SelectPolicy::Max)),
+            "Min" => Ok(Select(SelectPolicy::Min)),
+            "Disabled" => Ok(Select(SelectPolicy::Disabled)),
+            _ => Err(format!("\"{text}\" must be Max, Min or Disabled")),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,14 +12,16 @@
 //!   - 0
 //! ```
 
+use std::fmt;
 use std::time::Duration;
 
-use serde_yaml::{Mapping, Value};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Unexpected, Visitor};
 
 use crate::keda::ScaledObjectSpec;
 use crate::policy::EbbRateConfig;
 use crate::profile::RateProfile;
-use crate::scaledobject::join;
+use crate::scaledobject::{ScaledObjectDocument, YamlError, join, read_yaml};
 use crate::sim::{Capacity, RebalanceKind, ServiceModel, SimConfig};
 
 /// Why a scenario could not be read.
@@ -45,43 +47,119 @@ pub enum ScenarioError {
     },
 }
 
+impl ScenarioError {
+    fn setting(origin: &str, setting: &str, reason: impl Into<String>) -> Self {
+        ScenarioError::Setting {
+            origin: origin.into(),
+            setting: setting.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn from_yaml(origin: &str, error: YamlError) -> Self {
+        match error {
+            YamlError::Syntax(reason) => ScenarioError::Syntax {
+                origin: origin.into(),
+                reason,
+            },
+            YamlError::Field { path, reason } if path.is_empty() => ScenarioError::Syntax {
+                origin: origin.into(),
+                reason,
+            },
+            YamlError::Field { path, reason } => ScenarioError::setting(origin, &path, reason),
+        }
+    }
+}
+
+/// What the producer reads of a scenario: its traffic, whatever else the file holds.
+#[derive(Deserialize)]
+struct TrafficDocument {
+    traffic: Option<Traffic>,
+}
+
 /// Reads the `traffic` key of a scenario's YAML text; `origin` names the file in errors.
 pub fn traffic_from_yaml(text: &str, origin: &str) -> Result<RateProfile, ScenarioError> {
-    let document: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| ScenarioError::Syntax {
-            origin: origin.into(),
-            reason: e.to_string(),
-        })?;
-    let setting = |reason: String| ScenarioError::Setting {
-        origin: origin.into(),
-        setting: "traffic".into(),
-        reason,
-    };
-    let traffic = document
-        .get("traffic")
-        .ok_or_else(|| setting("missing; give a rate profile such as \"1000@5m,0\"".into()))?;
-    let text = match traffic {
-        serde_yaml::Value::String(s) => s.clone(),
-        serde_yaml::Value::Number(n) => n.to_string(),
-        serde_yaml::Value::Sequence(items) => items
-            .iter()
-            .map(|item| match item {
-                serde_yaml::Value::String(s) => Ok(s.clone()),
-                serde_yaml::Value::Number(n) => Ok(n.to_string()),
-                other => Err(setting(format!(
-                    "list items must be segments like 1000@5m, not {other:?}"
-                ))),
-            })
-            .collect::<Result<Vec<_>, _>>()?
-            .join(","),
-        _ => {
-            return Err(setting(
-                "must be a rate profile string or a list of segments".into(),
-            ));
+    let document: TrafficDocument =
+        read_yaml(text).map_err(|e| ScenarioError::from_yaml(origin, e))?;
+    traffic_profile(document.traffic, origin)
+}
+
+fn traffic_profile(traffic: Option<Traffic>, origin: &str) -> Result<RateProfile, ScenarioError> {
+    let traffic = traffic.ok_or_else(|| {
+        ScenarioError::setting(
+            origin,
+            "traffic",
+            "missing; give a rate profile such as \"1000@5m,0\"",
+        )
+    })?;
+    traffic
+        .0
+        .parse()
+        .map_err(|e: crate::ProfileError| ScenarioError::setting(origin, "traffic", e.to_string()))
+}
+
+/// A rate profile written as one string (or number), or as a list of segments; held as
+/// the one string the profile parser reads.
+struct Traffic(String);
+
+impl<'de> Deserialize<'de> for Traffic {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = String;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a rate profile string or a list of segments like 1000@5m")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<String, E> {
+                Ok(s.to_string())
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<String, E> {
+                Ok(n.to_string())
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<String, E> {
+                Ok(n.to_string())
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<String, E> {
+                Ok(n.to_string())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<String, A::Error> {
+                let mut segments = Vec::new();
+                while let Some(Segment(segment)) = items.next_element()? {
+                    segments.push(segment);
+                }
+                Ok(segments.join(","))
+            }
         }
-    };
-    text.parse()
-        .map_err(|e: crate::ProfileError| setting(e.to_string()))
+        deserializer.deserialize_any(V).map(Traffic)
+    }
+}
+
+/// One segment of a traffic list: a string or a number.
+struct Segment(String);
+
+impl<'de> Deserialize<'de> for Segment {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = String;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a segment such as 1000@5m")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<String, E> {
+                Ok(s.to_string())
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<String, E> {
+                Ok(n.to_string())
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<String, E> {
+                Ok(n.to_string())
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<String, E> {
+                Ok(n.to_string())
+            }
+        }
+        deserializer.deserialize_any(V).map(Segment)
+    }
 }
 
 #[cfg(test)]
@@ -164,208 +242,203 @@ pub struct Scenario {
     pub ebb_rate: EbbRateConfig,
 }
 
-struct Keys<'a> {
-    origin: &'a str,
+/// A scenario file as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ScenarioDocument {
+    name: Option<String>,
+    #[serde(rename = "description")]
+    _description: Option<IgnoredAny>,
+    traffic: Option<Traffic>,
+    duration: Option<Span>,
+    step: Option<Span>,
+    partitions: Option<Number>,
+    sla: Option<Span>,
+    initial_lag: Option<Number>,
+    initial_replicas: Option<Number>,
+    service: Option<ServiceDocument>,
+    scaled_object: Option<ScaledObjectDocument>,
+    scaled_object_file: Option<String>,
+    ebb_rate: Option<EbbRateDocument>,
 }
 
-impl Keys<'_> {
-    fn err(&self, setting: &str, reason: impl Into<String>) -> ScenarioError {
-        ScenarioError::Setting {
-            origin: self.origin.into(),
-            setting: setting.into(),
-            reason: reason.into(),
-        }
-    }
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ServiceDocument {
+    capacity: Option<Number>,
+    batch_size: Option<Number>,
+    batch_time: Option<Span>,
+    max_in_flight: Option<Number>,
+    pod_start_delay: Option<Span>,
+    ramp_up: Option<Span>,
+    rebalance: Option<Rebalance>,
+    rebalance_pause: Option<Span>,
+    pods_per_node: Option<Number>,
+    node_start_delay: Option<Span>,
+}
 
-    fn mapping<'v>(
-        &self,
-        v: &'v Value,
-        path: &str,
-        known: &[&str],
-    ) -> Result<&'v Mapping, ScenarioError> {
-        let map = v
-            .as_mapping()
-            .ok_or_else(|| self.err(path, "must be a mapping"))?;
-        for key in map.keys() {
-            let key = key.as_str().unwrap_or("?");
-            if !known.contains(&key) {
-                let at = join(path, key);
-                return Err(self.err(
-                    &at,
-                    format!("unknown setting; known here: {}", known.join(", ")),
-                ));
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct EbbRateDocument {
+    target_drain: Option<Span>,
+    interval: Option<Span>,
+    smoothing: Option<Span>,
+    headroom: Option<Number>,
+    scale_down_window: Option<Span>,
+    idle_cooldown: Option<Span>,
+    up_settle: Option<Span>,
+    max_down_step: Option<Number>,
+    min_replicas: Option<Number>,
+    max_replicas: Option<Number>,
+    capacity_per_replica: Option<Number>,
+}
+
+/// A duration with a unit (`20s`, `5m`) or a plain number of seconds.
+#[derive(Clone, Copy)]
+struct Span(Duration);
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 30s or 5m, or a number of seconds ≥ 0")
+            }
+            fn visit_f64<E: de::Error>(self, s: f64) -> Result<Duration, E> {
+                Duration::try_from_secs_f64(s)
+                    .map_err(|_| E::invalid_value(Unexpected::Float(s), &self))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Duration, E> {
+                Ok(Duration::from_secs(n))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Duration, E> {
+                u64::try_from(n)
+                    .map(Duration::from_secs)
+                    .map_err(|_| E::invalid_value(Unexpected::Signed(n), &self))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Duration, E> {
+                crate::profile::parse_duration(s).map_err(E::custom)
             }
         }
-        Ok(map)
+        deserializer.deserialize_any(V).map(Span)
     }
+}
 
-    fn duration(
-        &self,
-        map: &Mapping,
-        path: &str,
-        key: &str,
-    ) -> Result<Option<Duration>, ScenarioError> {
-        let at = join(path, key);
-        match map.get(key) {
-            None => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_f64()
-                .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                .map(Some)
-                .ok_or_else(|| self.err(&at, "must be a duration ≥ 0")),
-            Some(Value::String(s)) => crate::profile::parse_duration(s)
-                .map(Some)
-                .map_err(|e| self.err(&at, e)),
-            Some(_) => Err(self.err(&at, "must be a duration such as 30s or 5m")),
+/// A finite number ≥ 0.
+#[derive(Clone, Copy)]
+struct Number(f64);
+
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = f64;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number ≥ 0")
+            }
+            fn visit_f64<E: de::Error>(self, x: f64) -> Result<f64, E> {
+                if x.is_finite() && x >= 0.0 {
+                    Ok(x)
+                } else {
+                    Err(E::invalid_value(Unexpected::Float(x), &self))
+                }
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<f64, E> {
+                Ok(n as f64)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<f64, E> {
+                self.visit_f64(n as f64)
+            }
+        }
+        deserializer.deserialize_any(V).map(Number)
+    }
+}
+
+/// `service.rebalance`.
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct Rebalance(RebalanceKind);
+
+impl TryFrom<String> for Rebalance {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "cooperative" => Ok(Rebalance(RebalanceKind::Cooperative)),
+            "eager" => Ok(Rebalance(RebalanceKind::Eager)),
+            _ => Err(format!("\"{text}\" is not cooperative or eager")),
         }
     }
+}
 
-    fn number(&self, map: &Mapping, path: &str, key: &str) -> Result<Option<f64>, ScenarioError> {
-        let at = join(path, key);
-        match map.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .filter(|x| x.is_finite() && *x >= 0.0)
-                .map(Some)
-                .ok_or_else(|| self.err(&at, "must be a number ≥ 0")),
-        }
-    }
+fn span(value: Option<Span>) -> Option<Duration> {
+    value.map(|s| s.0)
+}
+
+fn number(value: Option<Number>) -> Option<f64> {
+    value.map(|n| n.0)
 }
 
 /// Parses a scenario file's text; `origin` names it in errors.
 pub fn parse_scenario(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
-    let k = Keys { origin };
-    let document: Value = serde_yaml::from_str(text).map_err(|e| ScenarioError::Syntax {
-        origin: origin.into(),
-        reason: e.to_string(),
-    })?;
-    let top = k.mapping(
-        &document,
-        "",
-        &[
-            "name",
-            "description",
-            "traffic",
-            "duration",
-            "step",
-            "partitions",
-            "sla",
-            "initialLag",
-            "initialReplicas",
-            "service",
-            "scaledObject",
-            "scaledObjectFile",
-            "ebbRate",
-        ],
-    )?;
-    let traffic = traffic_from_yaml(text, origin)?;
-    let duration = match k.duration(top, "", "duration")? {
+    let err = |setting: &str, reason: &str| ScenarioError::setting(origin, setting, reason);
+    let top: ScenarioDocument = read_yaml(text).map_err(|e| ScenarioError::from_yaml(origin, e))?;
+    let traffic = traffic_profile(top.traffic, origin)?;
+    let duration = match span(top.duration) {
         Some(d) => d,
         None => traffic.duration().ok_or_else(|| {
-            k.err(
+            err(
                 "duration",
                 "missing, and the traffic runs forever; give a duration such as 70m",
             )
         })?,
     };
-    let step = k
-        .duration(top, "", "step")?
-        .unwrap_or(Duration::from_secs(1));
+    let step = span(top.step).unwrap_or(Duration::from_secs(1));
     if step.is_zero() || step > Duration::from_secs(60) {
-        return Err(k.err("step", "must be between 1ms and 60s"));
+        return Err(err("step", "must be between 1ms and 60s"));
     }
-    let partitions = k.number(top, "", "partitions")?.unwrap_or(24.0) as u32;
+    let partitions = number(top.partitions).unwrap_or(24.0) as u32;
     if partitions == 0 {
-        return Err(k.err("partitions", "must be at least 1"));
+        return Err(err("partitions", "must be at least 1"));
     }
 
-    let service_value = top
-        .get("service")
-        .ok_or_else(|| k.err("service", "missing; give at least capacity"))?;
-    let sm = k.mapping(
-        service_value,
-        "service",
-        &[
-            "capacity",
-            "batchSize",
-            "batchTime",
-            "maxInFlight",
-            "podStartDelay",
-            "rampUp",
-            "rebalance",
-            "rebalancePause",
-            "podsPerNode",
-            "nodeStartDelay",
-        ],
-    )?;
-    let capacity = match (
-        k.number(sm, "service", "capacity")?,
-        k.number(sm, "service", "batchSize")?,
-    ) {
+    let sm = top
+        .service
+        .ok_or_else(|| err("service", "missing; give at least capacity"))?;
+    let capacity = match (number(sm.capacity), number(sm.batch_size)) {
         (Some(rate), None) if rate > 0.0 => Capacity::PerReplica(rate),
         (None, Some(batch_size)) if batch_size > 0.0 => Capacity::Batches {
             batch_size,
-            batch_time: k
-                .duration(sm, "service", "batchTime")?
-                .unwrap_or(Duration::from_secs(1)),
-            max_in_flight: k
-                .number(sm, "service", "maxInFlight")?
-                .unwrap_or(1.0)
-                .max(1.0),
+            batch_time: span(sm.batch_time).unwrap_or(Duration::from_secs(1)),
+            max_in_flight: number(sm.max_in_flight).unwrap_or(1.0).max(1.0),
         },
-        (Some(_), Some(_)) => return Err(k.err("service", "give capacity or batchSize, not both")),
+        (Some(_), Some(_)) => return Err(err("service", "give capacity or batchSize, not both")),
         _ => {
-            return Err(k.err(
+            return Err(err(
                 "service.capacity",
                 "missing or 0; give msg/s per replica, or batchSize/batchTime/maxInFlight",
             ));
         }
     };
-    let rebalance = match sm.get("rebalance").and_then(Value::as_str) {
-        None | Some("cooperative") => RebalanceKind::Cooperative,
-        Some("eager") => RebalanceKind::Eager,
-        Some(other) => {
-            return Err(k.err(
-                "service.rebalance",
-                format!("\"{other}\" is not cooperative or eager"),
-            ));
-        }
-    };
     let service = ServiceModel {
         capacity,
-        pod_start_delay: k
-            .duration(sm, "service", "podStartDelay")?
-            .unwrap_or_default(),
-        ramp_up: k.duration(sm, "service", "rampUp")?.unwrap_or_default(),
-        rebalance,
-        rebalance_pause: k
-            .duration(sm, "service", "rebalancePause")?
-            .unwrap_or_default(),
-        pods_per_node: k.number(sm, "service", "podsPerNode")?.unwrap_or(0.0) as u32,
-        node_start_delay: k
-            .duration(sm, "service", "nodeStartDelay")?
-            .unwrap_or_default(),
+        pod_start_delay: span(sm.pod_start_delay).unwrap_or_default(),
+        ramp_up: span(sm.ramp_up).unwrap_or_default(),
+        rebalance: sm.rebalance.map_or(RebalanceKind::Cooperative, |r| r.0),
+        rebalance_pause: span(sm.rebalance_pause).unwrap_or_default(),
+        pods_per_node: number(sm.pods_per_node).unwrap_or(0.0) as u32,
+        node_start_delay: span(sm.node_start_delay).unwrap_or_default(),
     };
 
-    let scaled_object = match top.get("scaledObject") {
-        Some(v) => Some(
-            crate::scaledobject::from_value(v, &format!("{origin}: scaledObject")).map_err(
-                |e| ScenarioError::Setting {
-                    origin: origin.into(),
-                    setting: format!("scaledObject.{}", e.path),
-                    reason: e.reason,
-                },
-            )?,
-        ),
+    let scaled_object = match top.scaled_object {
+        Some(document) => Some(document.into_spec().map_err(|(path, reason)| {
+            ScenarioError::setting(origin, &join("scaledObject", &path), reason)
+        })?),
         None => None,
     };
-    let scaled_object_file = top
-        .get("scaledObjectFile")
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let scaled_object_file = top.scaled_object_file;
     if scaled_object.is_some() && scaled_object_file.is_some() {
-        return Err(k.err(
+        return Err(err(
             "scaledObjectFile",
             "give scaledObject or scaledObjectFile, not both",
         ));
@@ -377,73 +450,52 @@ pub fn parse_scenario(text: &str, origin: &str) -> Result<Scenario, ScenarioErro
         max_replicas,
         partitions,
     );
-    if let Some(v) = top.get("ebbRate") {
-        let em = k.mapping(
-            v,
-            "ebbRate",
-            &[
-                "targetDrain",
-                "interval",
-                "smoothing",
-                "headroom",
-                "scaleDownWindow",
-                "idleCooldown",
-                "upSettle",
-                "maxDownStep",
-                "minReplicas",
-                "maxReplicas",
-                "capacityPerReplica",
-            ],
-        )?;
-        let d = |key: &str, default: Duration| {
-            k.duration(em, "ebbRate", key).map(|v| v.unwrap_or(default))
+    if let Some(em) = top.ebb_rate {
+        let set = |field: &mut Duration, value: Option<Span>| {
+            if let Some(Span(d)) = value {
+                *field = d;
+            }
         };
-        ebb_rate.target_drain = d("targetDrain", ebb_rate.target_drain)?;
-        ebb_rate.interval = d("interval", ebb_rate.interval)?;
-        ebb_rate.smoothing = d("smoothing", ebb_rate.smoothing)?;
-        ebb_rate.scale_down_window = d("scaleDownWindow", ebb_rate.scale_down_window)?;
-        ebb_rate.idle_cooldown = d("idleCooldown", ebb_rate.idle_cooldown)?;
-        ebb_rate.up_settle = d("upSettle", ebb_rate.up_settle)?;
-        if let Some(step) = k.number(em, "ebbRate", "maxDownStep")? {
+        set(&mut ebb_rate.target_drain, em.target_drain);
+        set(&mut ebb_rate.interval, em.interval);
+        set(&mut ebb_rate.smoothing, em.smoothing);
+        set(&mut ebb_rate.scale_down_window, em.scale_down_window);
+        set(&mut ebb_rate.idle_cooldown, em.idle_cooldown);
+        set(&mut ebb_rate.up_settle, em.up_settle);
+        if let Some(step) = number(em.max_down_step) {
             if step <= 0.0 || step > 1.0 {
-                return Err(k.err("ebbRate.maxDownStep", "must be in (0, 1]"));
+                return Err(err("ebbRate.maxDownStep", "must be in (0, 1]"));
             }
             ebb_rate.max_down_step = step;
         }
-        if let Some(h) = k.number(em, "ebbRate", "headroom")? {
+        if let Some(h) = number(em.headroom) {
             ebb_rate.headroom = h.max(1.0);
         }
-        if let Some(n) = k.number(em, "ebbRate", "minReplicas")? {
+        if let Some(n) = number(em.min_replicas) {
             ebb_rate.min_replicas = n as u32;
         }
-        if let Some(n) = k.number(em, "ebbRate", "maxReplicas")? {
+        if let Some(n) = number(em.max_replicas) {
             ebb_rate.max_replicas = (n as u32).max(1);
         }
-        if let Some(c) = k.number(em, "ebbRate", "capacityPerReplica")? {
+        if let Some(c) = number(em.capacity_per_replica) {
             if c <= 0.0 {
-                return Err(k.err("ebbRate.capacityPerReplica", "must be > 0"));
+                return Err(err("ebbRate.capacityPerReplica", "must be > 0"));
             }
             ebb_rate.capacity_per_replica = c;
         }
     }
 
     Ok(Scenario {
-        name: top
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or(origin)
-            .to_string(),
+        name: top.name.unwrap_or_else(|| origin.to_string()),
         traffic,
         config: SimConfig {
             duration,
             step,
             partitions,
             service,
-            sla: k
-                .duration(top, "", "sla")?
-                .unwrap_or(Duration::from_secs(30)),
-            initial_lag: k.number(top, "", "initialLag")?.unwrap_or(0.0),
-            initial_replicas: k.number(top, "", "initialReplicas")?.unwrap_or(0.0) as u32,
+            sla: span(top.sla).unwrap_or(Duration::from_secs(30)),
+            initial_lag: number(top.initial_lag).unwrap_or(0.0),
+            initial_replicas: number(top.initial_replicas).unwrap_or(0.0) as u32,
             reversal_window: Duration::from_secs(300),
         },
         scaled_object,

@@ -363,8 +363,8 @@ mod tests {
     #[test]
     fn the_helm_values_carry_the_same_configuration() {
         let spec = grid(&ScaledObjectSpec::default())[1234].clone();
-        let values: serde_yaml::Value =
-            serde_yaml::from_str(&helm_values_yaml(&spec, "orders", "order-workers")).unwrap();
+        let values: serde_json::Value =
+            serde_saphyr::from_str(&helm_values_yaml(&spec, "orders", "order-workers")).unwrap();
         let scaling = &values["scaling"];
         assert_eq!(values["kafka"]["topic"].as_str(), Some("orders"));
         assert_eq!(
@@ -386,7 +386,7 @@ mod tests {
             Some(spec.behavior.scale_up.stabilization_window.as_secs())
         );
         assert_eq!(
-            up["policies"].as_sequence().map(Vec::len),
+            up["policies"].as_array().map(Vec::len),
             Some(spec.behavior.scale_up.policies.len())
         );
     }

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use clap::Args;
 use ebb_core::KafkaOptions;
-use ebb_core::kafka::{SecurityProtocol, parse_property};
+use ebb_core::admin::AdminError;
+use ebb_core::kafka::{SecurityProtocol, SettingError, parse_property};
 
 /// A mistake in the command line or configuration: ebb exits with code 2.
 #[derive(Debug, thiserror::Error)]
@@ -75,13 +76,48 @@ impl KafkaArgs {
             request_timeout: self.kafka_timeout,
             extra: self.kafka_properties.clone(),
         };
-        options.validate().map_err(UsageError)?;
+        options
+            .validate()
+            .map_err(|e| UsageError(kafka_setting_message(&e)))?;
         Ok(options)
     }
 }
 
-fn parse_security_protocol(text: &str) -> Result<SecurityProtocol, String> {
+fn parse_security_protocol(text: &str) -> Result<SecurityProtocol, SettingError> {
     text.parse()
+}
+
+/// A Kafka setting's error worded with the flags and variables that set it.
+fn kafka_setting_message(error: &SettingError) -> String {
+    match error {
+        SettingError::MskIamWithoutRegion => {
+            "--sasl-mechanism AWS_MSK_IAM needs --aws-region (AWS_REGION)".into()
+        }
+        SettingError::MskIamWithoutSaslSsl(protocol) => format!(
+            "--sasl-mechanism AWS_MSK_IAM needs --security-protocol sasl_ssl \
+             (KAFKA_SECURITY_PROTOCOL), not {protocol}"
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// What the command line adds to a Kafka error: the flag or command that deals with it.
+pub fn admin_error_hint(error: &AdminError) -> Option<String> {
+    match error {
+        AdminError::Unreachable(_) => Some(
+            "the brokers are set with --bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS, the \
+             security with --security-protocol, --sasl-mechanism and -X"
+                .into(),
+        ),
+        AdminError::TopicExists(_) => Some("pass --if-not-exists to accept that".into()),
+        AdminError::UnknownTopic(topic) => Some(format!(
+            "create it with: ebb topic create {topic} --partitions N"
+        )),
+        AdminError::Auth(_) => {
+            Some("MSK IAM is chosen with --sasl-mechanism AWS_MSK_IAM and --aws-region".into())
+        }
+        _ => None,
+    }
 }
 
 /// The dead-letter topic from `--dead-letter-topic`: `none` for none, `<topic>.dlq` when

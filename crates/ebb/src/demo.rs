@@ -23,14 +23,14 @@ use axum::response::{Html, IntoResponse, Json};
 use axum::routing::get;
 use clap::{Args, ValueEnum};
 use ebb_core::admin::{Admin, AdminError};
-use ebb_core::http::serve;
+use ebb_core::http::{Client, serve};
 use ebb_scaling::chart;
 use ebb_scaling::policy::{EbbRateInputs, Explanation, Inputs, KedaLagInputs, Limit};
 use ebb_scaling::sim::{Sample, Summary, oldest_waiting, scale_changes, series_csv};
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::args::{KafkaArgs, UsageError, parse_duration};
 use crate::scale::{signal_child, spawn_ebb};
+use crate::signals::StopSignals;
 
 /// Run the whole elastic pipeline on this machine: a traffic spike, lag, scale-out, drain,
 /// scale to zero, with a live dashboard at --dashboard-addr. Ends with a summary (lost
@@ -208,9 +208,9 @@ async fn ensure_kafka(kafka: &ebb_core::KafkaOptions) -> anyhow::Result<()> {
 /// (`ebb_scale_limit_replicas{limit="partitions"}`).
 type Scrape = HashMap<String, f64>;
 
-fn scrape(port: u16, timeout: Duration) -> Option<Scrape> {
+async fn scrape(http: &Client, port: u16, timeout: Duration) -> Option<Scrape> {
     let url = format!("http://127.0.0.1:{port}/metrics");
-    let (_, body) = ebb_core::http::get(&url, None, timeout).ok()?;
+    let (_, body) = http.get(&url, timeout).await.ok()?;
     Some(
         body.lines()
             .filter(|l| !l.starts_with('#'))
@@ -270,26 +270,32 @@ fn explanation(policy: DemoPolicy, m: &Scrape) -> Option<Explanation> {
 
 /// The supervisor's workers (`ebb_scale_workers`), each with what its own /metrics says
 /// (nothing while it starts and serves none yet), by id.
-fn worker_rows(supervisor: &Scrape) -> Vec<WorkerRow> {
-    let mut rows: Vec<WorkerRow> = supervisor
+async fn worker_rows(http: &Client, supervisor: &Scrape) -> Vec<WorkerRow> {
+    let mut rows: Vec<WorkerRow> = Vec::new();
+    for key in supervisor
         .keys()
         .filter(|key| key.starts_with("ebb_scale_workers{"))
-        .filter_map(|key| {
-            let labels = labels(key);
-            let label = |name: &str| labels.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
-            let port: u16 = label("port")?.parse().ok()?;
-            let own = scrape(port, Duration::from_millis(500));
-            let metric = |name: &str| own.as_ref().and_then(|m| m.get(name).copied());
-            Some(WorkerRow {
-                id: label("worker")?.parse().ok()?,
-                port,
-                state: label("state")?.to_string(),
-                partitions: metric("ebb_consumer_assigned_partitions"),
-                messages_per_second: metric("kafka_messages_per_second"),
-                in_flight_batches: metric("ebb_consumer_in_flight_batches"),
-            })
-        })
-        .collect();
+    {
+        let labels = labels(key);
+        let label = |name: &str| labels.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        let (Some(id), Some(port), Some(state)) = (
+            label("worker").and_then(|w| w.parse().ok()),
+            label("port").and_then(|p| p.parse::<u16>().ok()),
+            label("state"),
+        ) else {
+            continue;
+        };
+        let own = scrape(http, port, Duration::from_millis(500)).await;
+        let metric = |name: &str| own.as_ref().and_then(|m| m.get(name).copied());
+        rows.push(WorkerRow {
+            id,
+            port,
+            state: state.to_string(),
+            partitions: metric("ebb_consumer_assigned_partitions"),
+            messages_per_second: metric("kafka_messages_per_second"),
+            in_flight_batches: metric("ebb_consumer_in_flight_batches"),
+        });
+    }
     rows.sort_by_key(|w| w.id);
     rows
 }
@@ -494,8 +500,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         out.display()
     );
 
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
+    let mut stop_signals = StopSignals::new()?;
+    let http = Client::new();
     let started = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut arrivals: Vec<(f64, f64)> = vec![(0.0, 0.0)];
@@ -509,8 +515,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = interrupt.recv() => { interrupted = true; break }
-            _ = term.recv() => { interrupted = true; break }
+            _ = stop_signals.recv() => { interrupted = true; break }
         }
         let t = started.elapsed().as_secs_f64();
         if traffic_done.is_none() && producer.try_wait()?.is_some() {
@@ -519,15 +524,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 "traffic ended at {t:.0} s; waiting for the lag to drain and the workers to stop"
             );
         }
-        let scraped = tokio::task::spawn_blocking(move || {
-            let m = scrape(scale_port, Duration::from_secs(2))?;
-            let workers = worker_rows(&m);
-            Some((m, workers))
-        })
-        .await?;
-        let Some((m, workers)) = scraped else {
+        let Some(m) = scrape(&http, scale_port, Duration::from_secs(2)).await else {
             continue;
         };
+        let workers = worker_rows(&http, &m).await;
         let get = |name: &str| m.get(name).copied().unwrap_or(0.0);
         let (log_end, committed, lag) = (
             get("ebb_scale_log_end_offsets"),
@@ -624,7 +624,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 .ok()
         })
         .unwrap_or(0);
-    let final_offsets = scrape(scale_port, Duration::from_secs(2));
+    let final_offsets = scrape(&http, scale_port, Duration::from_secs(2)).await;
     let samples: Vec<Sample> = board
         .lock()
         .map(|mut b| {
@@ -734,8 +734,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         );
         tokio::select! {
             _ = tokio::time::sleep(args.linger) => {}
-            _ = interrupt.recv() => {}
-            _ = term.recv() => {}
+            _ = stop_signals.recv() => {}
         }
     }
     Ok(if lost == 0 && !interrupted {

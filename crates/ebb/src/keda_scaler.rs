@@ -29,12 +29,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::Stream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use crate::args::{KafkaArgs, UsageError, parse_duration};
+use crate::signals::StopSignals;
 
 /// The protocol's messages and service, generated from `proto/externalscaler.proto`.
 pub mod proto {
@@ -231,7 +231,10 @@ fn object_name(r: &ScaledObjectRef) -> String {
 }
 
 fn kafka_status(name: &str, e: &AdminError) -> Status {
-    let message = format!("ScaledObject {name}: {e}");
+    let message = match crate::args::admin_error_hint(e) {
+        Some(hint) => format!("ScaledObject {name}: {e} ({hint})"),
+        None => format!("ScaledObject {name}: {e}"),
+    };
     match e {
         AdminError::UnknownTopic(_) => Status::not_found(message),
         _ => Status::unavailable(message),
@@ -569,13 +572,10 @@ pub async fn run(args: KedaScalerArgs) -> anyhow::Result<ExitCode> {
             .tls_config(tls)
             .context("bad --tls-cert / --tls-key / --tls-client-ca")?;
     }
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut stop_signals = StopSignals::new()?;
     let shutdown = async move {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
+        let signal = stop_signals.recv().await;
+        tracing::info!("{signal}: stopping");
     };
     tracing::info!(
         "KEDA external scaler (gRPC{}) on {bound}; HTTP on {http}",

@@ -11,6 +11,7 @@ mod lag;
 mod logging;
 mod produce;
 mod scale;
+mod signals;
 mod sim;
 mod topic;
 
@@ -100,7 +101,13 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             let usage = e.downcast_ref::<UsageError>().is_some();
-            eprintln!("ebb: error: {e:#}");
+            // The library words its errors by concept; name the flags here.
+            let hint = e
+                .chain()
+                .find_map(|cause| cause.downcast_ref::<ebb_core::admin::AdminError>())
+                .and_then(args::admin_error_hint)
+                .map_or(String::new(), |hint| format!(" ({hint})"));
+            eprintln!("ebb: error: {e:#}{hint}");
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }

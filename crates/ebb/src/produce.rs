@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::args::{KafkaArgs, UsageError, parse_duration};
+use crate::signals::StopSignals;
 
 /// Send trades to a topic at a rate that follows a profile.
 ///
@@ -162,15 +163,13 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<ExitCode> {
         let stop = stop.clone();
         tokio::task::spawn_blocking(move || producer.run(&stop))
     };
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut hangup = signal(SignalKind::hangup())?;
+    let mut stop_signals = StopSignals::new()?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     tokio::pin!(run);
     let report = loop {
         tokio::select! {
             report = &mut run => break report?,
-            _ = terminate.recv() => { tracing::info!("SIGTERM: flushing and stopping"); stop.store(true, Ordering::Relaxed); probes.set_stopping(); }
-            _ = interrupt.recv() => { tracing::info!("SIGINT: flushing and stopping"); stop.store(true, Ordering::Relaxed); probes.set_stopping(); }
+            signal = stop_signals.recv() => { tracing::info!("{signal}: flushing and stopping"); stop.store(true, Ordering::Relaxed); probes.set_stopping(); }
             _ = hangup.recv() => match &args.scenario {
                 Some(path) => match read_scenario(path) {
                     Ok(profile) => { tracing::info!("SIGHUP: re-read {}", path.display()); control.set(profile); }

@@ -25,9 +25,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::args::{KafkaArgs, UsageError, parse_duration};
+use crate::signals::StopSignals;
 
 /// Run `ebb consume` workers and scale them on the group's lag, like KEDA + HPA on
 /// Kubernetes: `keda-lag` applies a ScaledObject (--scaled-object), `ebb-rate` sizes for the
@@ -495,9 +495,10 @@ pub(crate) fn signal_child(child: &Child, signal: i32) {
 }
 
 /// Whether a worker answers 200 on /readyz.
-fn ready(port: u16) -> bool {
+async fn ready(http: &ebb_core::http::Client, port: u16) -> bool {
     let url = format!("http://127.0.0.1:{port}/readyz");
-    ebb_core::http::get(&url, None, Duration::from_millis(300))
+    http.get(&url, Duration::from_millis(300))
+        .await
         .is_ok_and(|(status, _)| status == 200)
 }
 
@@ -608,8 +609,8 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
     );
     probes.set_ready(true);
 
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut stop_signals = StopSignals::new()?;
+    let http = ebb_core::http::Client::new();
     let started = Instant::now();
     let mut desired = 0u32;
     let mut previous: Option<(Instant, f64)> = None;
@@ -619,8 +620,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            _ = stop_signals.recv() => break,
         }
         let died = pool.reap(args.stop_timeout);
         metrics.replaced.inc_by(died as u64);
@@ -650,11 +650,12 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
             })
             .collect();
         let total_lag: i64 = rows.iter().map(|r| r.lag).sum();
-        let ready_ids: Vec<u32> = pool
-            .running()
-            .filter(|w| ready(w.port))
-            .map(|w| w.id)
-            .collect();
+        let mut ready_ids: Vec<u32> = Vec::new();
+        for worker in pool.running() {
+            if ready(&http, worker.port).await {
+                ready_ids.push(worker.id);
+            }
+        }
         let ready_count = ready_ids.len() as u32;
         let observation = Observation {
             now: started.elapsed(),
