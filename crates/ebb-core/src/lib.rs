@@ -4,9 +4,10 @@
 //! - [`msk_iam`]: the SigV4-signed OAUTHBEARER token of Amazon MSK's IAM authentication;
 //! - [`admin`]: topics and cluster metadata;
 //! - [`lag`]: a consumer group's lag per partition, in records and in time;
-//! - [`trade`]: the trade record, its generator and its validation;
+//! - [`trade`]: the trade record, its generator, its validation and its decoder;
 //! - [`producer`]: the rate-controlled trade producer;
-//! - [`consumer`]: the micro-batch consumer runtime and its sinks;
+//! - [`consumer`]: the micro-batch consumer runtime, generic over a record
+//!   [`Decoder`](consumer::Decoder) and a [`Sink`](consumer::Sink), and the built-in sinks;
 //! - [`postgres`]: the trades table, its idempotent batch insert and the reads of audits;
 //! - [`audit`]: a topic, its dead letters and the trades table compared, record by record;
 //! - [`http`]: `/metrics`, `/healthz` and `/readyz` for every server.

@@ -13,8 +13,9 @@ use ebb_core::consumer::metrics::ConsumerMetrics;
 use ebb_core::consumer::sink::{Delayed, FileSink, PostgresSink, SimSink, Sink, StdoutSink};
 use ebb_core::consumer::{ConsumerSettings, GroupProtocol, RetryPolicy, start};
 use ebb_core::http::{Probes, serve, standard_routes};
+use ebb_core::kafka::OffsetReset;
+use ebb_core::trade::TradeDecoder;
 use prometheus_client::registry::Registry;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::args::{DatabaseArgs, KafkaArgs, UsageError, dead_letter_topic, parse_duration};
 
@@ -71,9 +72,9 @@ pub struct ConsumeArgs {
 
     /// Where a group with no committed offset starts. `earliest`, because a new group that
     /// starts at `latest` silently skips everything already in the topic.
-    #[arg(long, env = "EBB_AUTO_OFFSET_RESET", default_value = "earliest",
-          value_parser = ["earliest", "latest"])]
-    auto_offset_reset: String,
+    #[arg(long, env = "EBB_AUTO_OFFSET_RESET", value_enum,
+          default_value_t = AutoOffsetReset::Earliest)]
+    auto_offset_reset: AutoOffsetReset,
 
     /// Group protocol: classic (client-side assignor) or consumer (KIP-848, broker-side).
     #[arg(long, env = "EBB_GROUP_PROTOCOL", value_enum, default_value_t = Protocol::Classic)]
@@ -155,6 +156,21 @@ pub struct ConsumeArgs {
 
     #[command(flatten)]
     database: DatabaseArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AutoOffsetReset {
+    Earliest,
+    Latest,
+}
+
+impl From<AutoOffsetReset> for OffsetReset {
+    fn from(choice: AutoOffsetReset) -> Self {
+        match choice {
+            AutoOffsetReset::Earliest => OffsetReset::Earliest,
+            AutoOffsetReset::Latest => OffsetReset::Latest,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -246,7 +262,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             },
             |n| n as usize,
         ),
-        auto_offset_reset: args.auto_offset_reset.clone(),
+        auto_offset_reset: args.auto_offset_reset.into(),
         group_protocol: match args.group_protocol {
             Protocol::Classic => GroupProtocol::Classic {
                 assignment_strategy: args.assignment_strategy.clone(),
@@ -281,20 +297,22 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     .await?;
     tracing::info!("Metrics available at {bound}/metrics");
 
-    let running = start(&args.kafka.options()?, settings, sink, metrics, probes).await?;
+    let running = start(
+        &args.kafka.options()?,
+        settings,
+        TradeDecoder,
+        sink,
+        metrics,
+        probes,
+    )
+    .await?;
     let stop = running.stop_flag();
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut stop_signals = crate::signals::StopSignals::new()?;
     let signals = tokio::spawn(async move {
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM: finishing in-flight batches, committing, leaving the group"),
-            _ = interrupt.recv() => tracing::info!("SIGINT: finishing in-flight batches, committing, leaving the group"),
-        }
+        let first = stop_signals.recv().await;
+        tracing::info!("{first}: finishing in-flight batches, committing, leaving the group");
         stop.store(true, Ordering::SeqCst);
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
+        stop_signals.recv().await;
         tracing::warn!("Second signal: exiting without waiting");
         std::process::exit(1);
     });

@@ -1,5 +1,6 @@
-//! The dead-letter topic: records that are not valid trades go there, unchanged, with
-//! headers saying why and where they came from, so the partition can move on.
+//! The dead-letter topic: records the [`Decoder`](super::decode::Decoder) rejects (for
+//! `ebb consume`, records that are not valid trades) go there, unchanged, with headers
+//! saying why and where they came from, so the partition can move on.
 
 use std::time::Duration;
 

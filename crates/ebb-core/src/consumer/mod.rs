@@ -6,12 +6,12 @@
 //! a partition's queue into that partition's [`BatchBuilder`](batch::BatchBuilder) while
 //! the partition has room, and sends each closed batch down the partition's channel to its
 //! worker task. Workers run concurrently (bounded by a semaphore, the in-flight limit) but
-//! each handles its own partition's batches strictly in order: validate, send invalid
-//! records to the dead-letter topic, hand the rest to the [`Sink`] (retrying with backoff;
-//! the partition is held meanwhile), then mark the batch's end offset committable. A
-//! committer task commits those offsets asynchronously every `commit_interval` (committing
-//! after every batch would send thousands of commits a second at high rates, and a
-//! synchronous commit queued behind them times out).
+//! each handles its own partition's batches strictly in order: decode each record with the
+//! [`Decoder`], send the records it rejects to the dead-letter topic, hand the decoded rest
+//! to the [`Sink`] (retrying with backoff; the partition is held meanwhile), then mark the
+//! batch's end offset committable. A committer task commits those offsets asynchronously
+//! every `commit_interval` (committing after every batch would send thousands of commits a
+//! second at high rates, and a synchronous commit queued behind them times out).
 //!
 //! The contracts (docs/DESIGN.md §3): an offset is committed only after every record before it
 //! was handled; on revoke the revoked partitions' in-flight batches finish (bounded) and
@@ -30,17 +30,24 @@
 //! - `poll`: the poll thread, one `Poller::run_once` step at a time, its lanes (one open
 //!   batch per partition) and its shutdown;
 //! - `rebalance`: the librdkafka context: assign, revoke drain, unassign;
-//! - `worker`: one task per partition: validate, dead-letter, sink, retry;
+//! - [`decode`]: the [`Decoder`] trait, the pipeline's first step (trades:
+//!   [`TradeDecoder`](crate::trade::TradeDecoder)); [`sink`]: the [`Sink`] trait, its last;
+//! - `worker`: one task per partition: decode, dead-letter, sink, retry; the only part
+//!   generic over the decoder;
 //! - `committer`: the periodic asynchronous commit and the commit results;
 //! - [`commit`]: per-partition commit accounting (pure); `commit_request`: the FFI call
 //!   that gets asynchronous commit results back;
-//! - [`batch`], [`fetch_queue`], [`dead_letter`], [`sink`], [`metrics`], [`watchdog`].
+//! - [`batch`], [`fetch_queue`], [`dead_letter`], [`metrics`], [`watchdog`].
+//!
+//! Any record type: [`start`] takes a [`Decoder`] and a [`Sink`] over its output;
+//! `crates/ebb-core/examples/word_count.rs` is a complete consumer of lines of text.
 
 pub mod batch;
 pub mod commit;
 mod commit_request;
 mod committer;
 pub mod dead_letter;
+pub mod decode;
 pub mod fetch_queue;
 pub mod metrics;
 mod poll;
@@ -61,10 +68,12 @@ use tokio::sync::{Notify, Semaphore};
 
 use self::commit::CommitState;
 use self::dead_letter::DeadLetters;
+pub use self::decode::Decoder;
 use self::metrics::ConsumerMetrics;
 use self::rebalance::Context;
 pub use self::settings::{ConsumerSettings, GroupProtocol, RetryPolicy};
-use self::sink::Sink;
+pub use self::sink::Sink;
+use self::worker::{Pipeline, Work};
 use crate::admin::{Admin, AdminError};
 use crate::http::Probes;
 use crate::kafka::{AuthContext, KafkaOptions};
@@ -154,7 +163,8 @@ impl PartitionState {
 struct Shared {
     topic: Arc<str>,
     settings: ConsumerSettings,
-    sink: Arc<dyn Sink>,
+    /// The decoder and the sink, behind a face that starts workers.
+    pipeline: Arc<dyn Work>,
     dead_letters: Option<DeadLetters>,
     in_flight: Arc<Semaphore>,
     metrics: ConsumerMetrics,
@@ -191,7 +201,7 @@ impl Shared {
     /// The state of a consumer that owns nothing yet; its tasks run on `runtime`.
     fn new(
         settings: ConsumerSettings,
-        sink: Arc<dyn Sink>,
+        pipeline: Arc<dyn Work>,
         dead_letters: Option<DeadLetters>,
         metrics: ConsumerMetrics,
         probes: Arc<Probes>,
@@ -202,7 +212,7 @@ impl Shared {
             topic: settings.topic.as_str().into(),
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
             settings,
-            sink,
+            pipeline,
             dead_letters,
             metrics,
             probes,
@@ -297,10 +307,18 @@ impl RunningConsumer {
 
 /// Starts consuming: checks the topic (and the dead-letter topic, creating it if absent),
 /// joins the group and spawns the poll thread. Call from within a multi-threaded runtime.
-pub async fn start(
+///
+/// Each record is decoded by `decoder`; the records it accepts go to `sink` as its
+/// output, a batch (of one partition, in order) at a time, and the ones it rejects go to
+/// `settings.dead_letter_topic`. `ebb consume` passes
+/// [`TradeDecoder`](crate::trade::TradeDecoder) and one of the built-in sinks; metrics are
+/// registered by the caller ([`ConsumerMetrics::register`]) and served as it likes, and
+/// `probes` answers `/livez` and `/readyz` (see [`crate::http`]).
+pub async fn start<D: Decoder>(
     kafka: &KafkaOptions,
     settings: ConsumerSettings,
-    sink: Arc<dyn Sink>,
+    decoder: D,
+    sink: Arc<dyn Sink<D>>,
     metrics: ConsumerMetrics,
     probes: Arc<Probes>,
 ) -> Result<RunningConsumer, ConsumerError> {
@@ -347,7 +365,7 @@ pub async fn start(
     };
     let shared = Arc::new(Shared::new(
         settings,
-        sink,
+        Arc::new(Pipeline { decoder, sink }),
         dead_letters,
         metrics,
         probes,
@@ -419,15 +437,20 @@ mod fixtures {
 
     use super::metrics::ConsumerMetrics;
     use super::sink::Sink;
+    use super::worker::Pipeline;
     use super::{ConsumerSettings, PartitionState, Shared, lock};
     use crate::http::Probes;
+    use crate::trade::TradeDecoder;
 
-    /// A consumer's shared state for topic `t`, with `sink` and no dead-letter topic, on
-    /// the current tokio runtime.
+    /// A consumer's shared state for topic `t`, with trades into `sink` and no
+    /// dead-letter topic, on the current tokio runtime.
     pub(super) fn shared(settings: ConsumerSettings, sink: Arc<dyn Sink>) -> Arc<Shared> {
         Arc::new(Shared::new(
             settings,
-            sink,
+            Arc::new(Pipeline {
+                decoder: TradeDecoder,
+                sink,
+            }),
             None,
             ConsumerMetrics::register(&mut Registry::default()),
             Arc::new(Probes::default()),

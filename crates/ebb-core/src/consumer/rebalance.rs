@@ -21,7 +21,7 @@ use super::batch::BatchBuilder;
 use super::fetch_queue::FetchQueue;
 use super::metrics::{CallLabel, KindLabel, PartitionLabel};
 use super::poll::Lane;
-use super::{PartitionState, Shared, committer, lock, worker};
+use super::{PartitionState, Shared, committer, lock};
 use crate::kafka::AuthContext;
 
 /// The librdkafka context: rebalance callbacks, commit results and statistics.
@@ -227,9 +227,11 @@ impl Context {
             let state = Arc::new(PartitionState::new(partition));
             // Unbounded, because the poll thread bounds what it sends (see the module docs).
             let (tx, rx) = mpsc::unbounded_channel();
-            let worker = shared
-                .runtime
-                .spawn(worker::run(shared.clone(), state.clone(), rx));
+            let worker = shared.runtime.spawn(shared.pipeline.clone().worker(
+                shared.clone(),
+                state.clone(),
+                rx,
+            ));
             lock(&shared.owned).insert(partition, state.clone());
             let limits = shared.settings.limits;
             let queue = self.split_queue(partition);

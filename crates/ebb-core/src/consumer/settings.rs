@@ -57,7 +57,7 @@ pub struct ConsumerSettings {
     /// waits for workers to catch up. See [`ConsumerSettings::default_max_buffered_records`].
     pub max_buffered_records: usize,
     /// Where a group without a committed offset starts: `earliest` or `latest`.
-    pub auto_offset_reset: String,
+    pub auto_offset_reset: crate::kafka::OffsetReset,
     /// Group protocol and assignor.
     pub group_protocol: GroupProtocol,
     /// `session.timeout.ms` (classic protocol only).
@@ -107,7 +107,7 @@ impl ConsumerSettings {
             },
             max_in_flight: 64,
             max_buffered_records: Self::default_max_buffered_records(64, 100),
-            auto_offset_reset: "earliest".into(),
+            auto_offset_reset: crate::kafka::OffsetReset::Earliest,
             group_protocol: GroupProtocol::Classic {
                 assignment_strategy: "cooperative-sticky".into(),
             },
@@ -136,7 +136,10 @@ pub fn client_config(settings: &ConsumerSettings, kafka: &KafkaOptions) -> Clien
         .set("group.id", &settings.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", &settings.auto_offset_reset)
+        .set(
+            "auto.offset.reset",
+            settings.auto_offset_reset.as_librdkafka(),
+        )
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", "5000")
         // Bounded prefetch: the fetch queues (one per partition, as each is split off) and
@@ -254,7 +257,7 @@ mod tests {
             },
             session_timeout: Duration::from_millis(45_500),
             heartbeat_interval: Duration::from_secs(3),
-            auto_offset_reset: "latest".into(),
+            auto_offset_reset: crate::kafka::OffsetReset::Latest,
             ..ConsumerSettings::new("t", "workers")
         };
         let config = client_config(&settings, &KafkaOptions::default());

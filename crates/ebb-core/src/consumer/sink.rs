@@ -1,6 +1,9 @@
-//! Where processed records go. Every sink gets batches of one partition's records that
-//! passed validation (valid trades), in order, and answers once they are durably handled
-//! (or with an error, and then the runtime retries the same batch).
+//! Where decoded records go: the last step of the pipeline. A [`Sink`] gets batches of one
+//! partition's records that its [`Decoder`] accepted, as the decoder's output, in order,
+//! and answers once they are durably handled (or with an error, and then the runtime
+//! retries the same batch).
+//!
+//! The built-in sinks take trades ([`TradeDecoder`], whose output is the raw record):
 //!
 //! - `sim`: the reference's simulated database write, a sleep per batch and per record;
 //! - `file`: JSON lines (topic, partition, offset, key, timestamp, value, and
@@ -9,6 +12,8 @@
 //! - `stdout`: the same lines on standard output;
 //! - `postgres`: a row per trade in a PostgreSQL table, one idempotent statement per batch
 //!   (see [`crate::postgres`]).
+//!
+//! [`Delayed`] slows any sink down.
 
 use std::future::Future;
 use std::io::Write;
@@ -23,8 +28,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 
 use super::batch::Record;
+use super::decode::Decoder;
 use crate::postgres::{Database, TradeRow};
-use crate::trade::TradeRef;
+use crate::trade::{TradeDecoder, TradeRef};
 
 /// A boxed future, so sinks can be chosen at run time.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -34,33 +40,39 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[error("{0}")]
 pub struct SinkError(pub String);
 
-/// Destination of processed records.
-pub trait Sink: Send + Sync + 'static {
-    /// Handles one batch of one partition. Must be idempotent for a batch that is
-    /// retried after an error or replayed after a crash (at-least-once delivery).
-    fn write<'a>(
+/// Destination of the records decoder `D` accepted; trades by default.
+///
+/// `records` are [`Decoder::Output`]s that may borrow the batch (lifetime `'r`); the
+/// returned future may hold them (lifetime `'a`) but not keep them past its end. A sink
+/// used by several partitions' workers at once must be shareable (`Sync`).
+pub trait Sink<D: Decoder = TradeDecoder>: Send + Sync + 'static {
+    /// Handles one batch of one partition, in offset order. Must be idempotent for a
+    /// batch that is retried after an error or replayed after a crash or a rebalance
+    /// (at-least-once delivery). An error holds the partition and the batch is retried
+    /// with backoff until it succeeds or the partition is released.
+    fn write<'a, 'r>(
         &'a self,
         topic: &'a str,
         partition: i32,
-        records: &'a [Record<'a>],
+        records: &'a [D::Output<'r>],
     ) -> BoxFuture<'a, Result<(), SinkError>>;
 }
 
 /// Another sink made slower by a fixed time per batch, taken before each write: a real
 /// output (a file, say) with the timing of a slow database, for benchmarks and tests.
-pub struct Delayed {
+pub struct Delayed<D: Decoder = TradeDecoder> {
     /// The sink written after the delay.
-    pub inner: Arc<dyn Sink>,
+    pub inner: Arc<dyn Sink<D>>,
     /// Sleep per batch.
     pub delay: Duration,
 }
 
-impl Sink for Delayed {
-    fn write<'a>(
+impl<D: Decoder> Sink<D> for Delayed<D> {
+    fn write<'a, 'r>(
         &'a self,
         topic: &'a str,
         partition: i32,
-        records: &'a [Record<'a>],
+        records: &'a [D::Output<'r>],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             tokio::time::sleep(self.delay).await;
@@ -79,11 +91,11 @@ pub struct SimSink {
 }
 
 impl Sink for SimSink {
-    fn write<'a>(
+    fn write<'a, 'r>(
         &'a self,
         _: &'a str,
         _: i32,
-        records: &'a [Record<'a>],
+        records: &'a [Record<'r>],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         let pause = self.batch_time + self.message_time * records.len() as u32;
         Box::pin(async move {
@@ -146,11 +158,11 @@ impl FileSink {
 }
 
 impl Sink for FileSink {
-    fn write<'a>(
+    fn write<'a, 'r>(
         &'a self,
         topic: &'a str,
         partition: i32,
-        records: &'a [Record<'a>],
+        records: &'a [Record<'r>],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let lines = render(topic, partition, records);
@@ -189,11 +201,11 @@ fn ends_mid_line(file: &mut std::fs::File) -> bool {
 pub struct StdoutSink;
 
 impl Sink for StdoutSink {
-    fn write<'a>(
+    fn write<'a, 'r>(
         &'a self,
         topic: &'a str,
         partition: i32,
-        records: &'a [Record<'a>],
+        records: &'a [Record<'r>],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let lines = render(topic, partition, records);
@@ -243,11 +255,11 @@ impl PostgresSink {
 }
 
 impl Sink for PostgresSink {
-    fn write<'a>(
+    fn write<'a, 'r>(
         &'a self,
         topic: &'a str,
         partition: i32,
-        records: &'a [Record<'a>],
+        records: &'a [Record<'r>],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let failed = |e: crate::postgres::DatabaseError| SinkError(e.to_string());
@@ -258,7 +270,7 @@ impl Sink for PostgresSink {
             let rows = records
                 .iter()
                 .map(|r| {
-                    // The runtime hands sinks only records that passed this same check.
+                    // The trade decoder passes only records that pass this same check.
                     let trade = TradeRef::parse(r.value).map_err(|e| {
                         SinkError(format!("offset {} is not a trade: {e}", r.offset))
                     })?;

@@ -1,7 +1,12 @@
 //! The worker of one partition: a tokio task that takes the partition's closed batches in
-//! order and, for each, validates the records, sends the invalid ones to the dead-letter
-//! topic, hands the rest to the sink (retrying with backoff while the partition is held),
-//! and then marks the batch's end offset handled, for the committer.
+//! order and, for each, decodes the records, sends the ones the decoder rejects to the
+//! dead-letter topic, hands the rest to the sink (retrying with backoff while the partition
+//! is held), and then marks the batch's end offset handled, for the committer.
+//!
+//! The worker is the only part of the runtime that knows the [`Decoder`]'s type: a
+//! [`Pipeline`] (decoder and sink) is kept behind the object-safe [`Work`], which starts
+//! each partition's worker, so the rest of the runtime is not generic and decoding is
+//! statically dispatched, once per record, as trade validation always was.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,15 +15,44 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::batch::{Batch, Record};
+use super::decode::Decoder;
 use super::metrics::StatusLabel;
-use super::sink::SinkError;
+use super::sink::{BoxFuture, Sink, SinkError};
 use super::{PartitionState, Shared};
-use crate::trade::TradeRef;
+
+/// A consumer's decoder and sink.
+pub(super) struct Pipeline<D: Decoder> {
+    pub(super) decoder: D,
+    pub(super) sink: Arc<dyn Sink<D>>,
+}
+
+/// A [`Pipeline`] of any decoder: what the runtime's shared state holds.
+pub(super) trait Work: Send + Sync + 'static {
+    /// The worker task of one newly assigned partition (see [`run`]).
+    fn worker(
+        self: Arc<Self>,
+        shared: Arc<Shared>,
+        state: Arc<PartitionState>,
+        rx: mpsc::UnboundedReceiver<Batch>,
+    ) -> BoxFuture<'static, ()>;
+}
+
+impl<D: Decoder> Work for Pipeline<D> {
+    fn worker(
+        self: Arc<Self>,
+        shared: Arc<Shared>,
+        state: Arc<PartitionState>,
+        rx: mpsc::UnboundedReceiver<Batch>,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(run(self, shared, state, rx))
+    }
+}
 
 /// Runs until the partition is released (its sender dropped, or `released` set): each
 /// batch handled in turn, the buffer counters settled after each, the poll thread woken
 /// since the partition has room again.
-pub(super) async fn run(
+async fn run<D: Decoder>(
+    pipeline: Arc<Pipeline<D>>,
     shared: Arc<Shared>,
     state: Arc<PartitionState>,
     mut rx: mpsc::UnboundedReceiver<Batch>,
@@ -30,7 +64,7 @@ pub(super) async fn run(
         }
         let records = batch.len();
         shared.busy_batches.fetch_add(1, Ordering::SeqCst);
-        handle_batch(&shared, &state, batch).await;
+        handle_batch(&pipeline, &shared, &state, batch).await;
         shared.busy_batches.fetch_sub(1, Ordering::SeqCst);
         state.queued_records.fetch_sub(records, Ordering::SeqCst);
         shared.buffered_records.fetch_sub(records, Ordering::SeqCst);
@@ -40,9 +74,14 @@ pub(super) async fn run(
     }
 }
 
-/// Validates, dead-letters and sinks one batch, then marks it committable. Returns early
+/// Decodes, dead-letters and sinks one batch, then marks it committable. Returns early
 /// (nothing committed) if the partition is released while the batch is being retried.
-async fn handle_batch(shared: &Shared, state: &PartitionState, batch: Batch) {
+async fn handle_batch<D: Decoder>(
+    pipeline: &Pipeline<D>,
+    shared: &Shared,
+    state: &PartitionState,
+    batch: Batch,
+) {
     let Ok(_permit) = shared.in_flight.acquire().await else {
         return;
     };
@@ -60,7 +99,7 @@ async fn handle_batch(shared: &Shared, state: &PartitionState, batch: Batch) {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
-    let (accepted, rejected) = validate(batch.records(), |record| {
+    let (accepted, rejected) = decode(&pipeline.decoder, batch.records(), |record| {
         if let Some(ts) = record.timestamp_ms {
             metrics.message_age.observe(age_seconds(now_ms, ts));
         }
@@ -84,7 +123,9 @@ async fn handle_batch(shared: &Shared, state: &PartitionState, batch: Batch) {
         }
         if !accepted.is_empty() {
             retry(shared, state, || {
-                shared.sink.write(&batch.topic, batch.partition, &accepted)
+                pipeline
+                    .sink
+                    .write(&batch.topic, batch.partition, &accepted)
             })
             .await?;
         }
@@ -124,18 +165,20 @@ async fn handle_batch(shared: &Shared, state: &PartitionState, batch: Batch) {
     state.commit.handled(next_offset);
 }
 
-/// A batch's records that are valid trades, and the others with the reason each was
-/// rejected, both in offset order; `each` sees every record first. Pure.
-fn validate<'a>(
+/// A batch's records as `decoder` decodes them, and the records it rejected with the
+/// reason for each, both in offset order; `each` sees every record first. Pure, and one
+/// allocation per batch for the accepted records (none per record).
+fn decode<'a, D: Decoder>(
+    decoder: &D,
     records: impl ExactSizeIterator<Item = Record<'a>>,
     mut each: impl FnMut(&Record<'a>),
-) -> (Vec<Record<'a>>, Vec<(Record<'a>, String)>) {
+) -> (Vec<D::Output<'a>>, Vec<(Record<'a>, String)>) {
     let mut accepted = Vec::with_capacity(records.len());
     let mut rejected = Vec::new();
     for record in records {
         each(&record);
-        match TradeRef::parse(record.value).map(|_| ()) {
-            Ok(()) => accepted.push(record),
+        match decoder.decode(record) {
+            Ok(decoded) => accepted.push(decoded),
             Err(reason) => rejected.push((record, reason.to_string())),
         }
     }
@@ -195,12 +238,12 @@ mod tests {
 
     use tokio::sync::mpsc;
 
-    use super::{age_seconds, handle_batch, run, validate};
+    use super::{Decoder, Pipeline, age_seconds, decode, handle_batch, run};
     use crate::consumer::batch::{Batch, BatchBuilder, BatchLimits, Record};
     use crate::consumer::fixtures::{own, shared};
     use crate::consumer::sink::{BoxFuture, Sink, SinkError};
     use crate::consumer::{ConsumerSettings, Shared};
-    use crate::trade::TradeGenerator;
+    use crate::trade::{TradeDecoder, TradeGenerator};
 
     /// A sink that fails its first `failures` writes, then records each batch's offsets.
     #[derive(Default)]
@@ -223,11 +266,11 @@ mod tests {
     }
 
     impl Sink for Recording {
-        fn write<'a>(
+        fn write<'a, 'r>(
             &'a self,
             _topic: &'a str,
             partition: i32,
-            records: &'a [Record<'a>],
+            records: &'a [Record<'r>],
         ) -> BoxFuture<'a, Result<(), SinkError>> {
             Box::pin(async move {
                 let failing = self
@@ -242,6 +285,14 @@ mod tests {
                 Ok(())
             })
         }
+    }
+
+    /// Trades into `sink`, as `ebb consume` runs them.
+    fn trades(sink: &Arc<Recording>) -> Arc<Pipeline<TradeDecoder>> {
+        Arc::new(Pipeline {
+            decoder: TradeDecoder,
+            sink: sink.clone(),
+        })
     }
 
     fn trade() -> Vec<u8> {
@@ -286,11 +337,11 @@ mod tests {
     }
 
     #[test]
-    fn validation_keeps_order_and_gives_each_rejected_record_its_reason() {
+    fn decoding_keeps_order_and_gives_each_rejected_record_its_reason() {
         let good = trade();
         let batch = batch(5, &[&good, b"", b"{not json", &good]);
         let mut seen = Vec::new();
-        let (accepted, rejected) = validate(batch.records(), |r| seen.push(r.offset));
+        let (accepted, rejected) = decode(&TradeDecoder, batch.records(), |r| seen.push(r.offset));
         assert_eq!(seen, [5, 6, 7, 8]);
         assert_eq!(
             accepted.iter().map(|r| r.offset).collect::<Vec<_>>(),
@@ -301,6 +352,52 @@ mod tests {
             [6, 7]
         );
         assert!(rejected.iter().all(|(_, reason)| !reason.is_empty()));
+    }
+
+    /// Values that are UTF-8, as text borrowed from the batch.
+    struct Text;
+
+    impl Decoder for Text {
+        type Output<'a> = (i64, &'a str);
+        type Error = &'static str;
+
+        fn decode<'a>(&self, record: Record<'a>) -> Result<(i64, &'a str), &'static str> {
+            let text = std::str::from_utf8(record.value.unwrap_or_default());
+            text.map(|t| (record.offset, t)).map_err(|_| "not UTF-8")
+        }
+    }
+
+    /// Collects the texts it is given.
+    #[derive(Default)]
+    struct Texts(Mutex<Vec<(i64, String)>>);
+
+    impl Sink<Text> for Texts {
+        fn write<'a>(
+            &'a self,
+            _topic: &'a str,
+            _partition: i32,
+            records: &'a [(i64, &str)],
+        ) -> BoxFuture<'a, Result<(), SinkError>> {
+            let mut texts = self.0.lock().unwrap();
+            texts.extend(records.iter().map(|(o, t)| (*o, t.to_string())));
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn any_decoder_feeds_its_own_records_to_its_sink() {
+        let shared = shared(settings(), Recording::failing(0));
+        let state = own(&shared, 0);
+        let texts = Arc::new(Texts::default());
+        let pipeline = Pipeline {
+            decoder: Text,
+            sink: texts.clone(),
+        };
+        handle_batch(&pipeline, &shared, &state, batch(3, &[b"a", b"\xff", b"c"])).await;
+        let got = texts.0.lock().unwrap().clone();
+        assert_eq!(got, [(3, "a".to_string()), (5, "c".to_string())]);
+        assert_eq!(state.commit.handled_offset(), 6);
+        assert_eq!(processed(&shared), (2, 1, 1));
     }
 
     #[test]
@@ -315,7 +412,13 @@ mod tests {
         let shared = shared(settings(), sink.clone());
         let state = own(&shared, 0);
         let good = trade();
-        handle_batch(&shared, &state, batch(5, &[&good, b"oops", &good])).await;
+        handle_batch(
+            &trades(&sink),
+            &shared,
+            &state,
+            batch(5, &[&good, b"oops", &good]),
+        )
+        .await;
         assert_eq!(sink.writes(), [(0, vec![5, 7])]);
         assert_eq!(state.commit.handled_offset(), 8);
         assert_eq!(processed(&shared), (2, 1, 1));
@@ -332,7 +435,7 @@ mod tests {
         let state = own(&shared, 0);
         let good = trade();
         let started = tokio::time::Instant::now();
-        handle_batch(&shared, &state, batch(0, &[&good])).await;
+        handle_batch(&trades(&sink), &shared, &state, batch(0, &[&good])).await;
         // 100 + 200 + 400 ms of backoff, on tokio's paused clock.
         assert_eq!(started.elapsed(), Duration::from_millis(700));
         assert_eq!(shared.metrics.retries.get(), 3);
@@ -351,7 +454,10 @@ mod tests {
         let good = trade();
         let task = {
             let (shared, state) = (shared.clone(), state.clone());
-            tokio::spawn(async move { handle_batch(&shared, &state, batch(0, &[&good])).await })
+            let pipeline = trades(&sink);
+            tokio::spawn(async move {
+                handle_batch(&pipeline, &shared, &state, batch(0, &[&good])).await
+            })
         };
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert!(state.held.load(Ordering::SeqCst));
@@ -383,7 +489,7 @@ mod tests {
             tx.send(batch).unwrap();
         }
         drop(tx);
-        run(shared.clone(), state.clone(), rx).await;
+        run(trades(&sink), shared.clone(), state.clone(), rx).await;
         assert_eq!(
             sink.writes(),
             [(0, vec![0, 1]), (0, vec![2, 3]), (0, vec![4, 5])]
