@@ -471,10 +471,10 @@ impl<'de> Deserialize<'de> for Tolerance {
     }
 }
 
-/// A value of Kubernetes' string map (trigger metadata): strings, and plain numbers and
-/// booleans taken as their text.
+/// A YAML scalar taken as its text: strings, and plain numbers and booleans as written
+/// (Kubernetes' string maps such as trigger metadata; a scenario's traffic segments).
 #[derive(Debug)]
-struct Text(String);
+pub(crate) struct Text(pub(crate) String);
 
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

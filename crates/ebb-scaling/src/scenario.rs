@@ -21,7 +21,7 @@ use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Unexpected, Visitor};
 use crate::keda::ScaledObjectSpec;
 use crate::policy::EbbRateConfig;
 use crate::profile::RateProfile;
-use crate::scaledobject::{ScaledObjectDocument, YamlError, join, read_yaml};
+use crate::scaledobject::{ScaledObjectDocument, Text, YamlError, join, read_yaml};
 use crate::sim::{Capacity, RebalanceKind, ServiceModel, SimConfig};
 
 /// Why a scenario could not be read.
@@ -124,41 +124,13 @@ impl<'de> Deserialize<'de> for Traffic {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<String, A::Error> {
                 let mut segments = Vec::new();
-                while let Some(Segment(segment)) = items.next_element()? {
+                while let Some(Text(segment)) = items.next_element()? {
                     segments.push(segment);
                 }
                 Ok(segments.join(","))
             }
         }
         deserializer.deserialize_any(V).map(Traffic)
-    }
-}
-
-/// One segment of a traffic list: a string or a number.
-struct Segment(String);
-
-impl<'de> Deserialize<'de> for Segment {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = String;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a segment such as 1000@5m")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<String, E> {
-                Ok(s.to_string())
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<String, E> {
-                Ok(n.to_string())
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<String, E> {
-                Ok(n.to_string())
-            }
-            fn visit_f64<E: de::Error>(self, n: f64) -> Result<String, E> {
-                Ok(n.to_string())
-            }
-        }
-        deserializer.deserialize_any(V).map(Segment)
     }
 }
 

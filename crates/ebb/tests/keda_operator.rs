@@ -358,6 +358,19 @@ fn common_values(topic: &str, group: &str) -> Vec<String> {
 }
 
 /// Consumes everything on `topic` as `group` with `ebb consume` (file sink) until the
+/// Consumes and commits everything for the group, then waits for KEDA to take the
+/// Deployment back to 0 (the trigger inactive, then the cooldown).
+fn drain_and_expect_zero(tier: &Tier, topic: &str, group: &str) {
+    consume_all(topic, group);
+    let took = tier.wait("KEDA to scale the Deployment back to 0", || {
+        tier.replicas() == Some(0)
+    });
+    eprintln!(
+        "{}: 1 -> 0 {took:?} after the group caught up (cooldown {COOLDOWN_PERIOD} s)",
+        tier.namespace
+    );
+}
+
 /// group's committed offsets reach the log end, then stops it with SIGTERM.
 fn consume_all(topic: &str, group: &str) {
     let watch = GroupWatch::new(&kafka(), group, topic, PARTITIONS as i32);
@@ -463,14 +476,7 @@ fn ebb_rate_mode_keda_calls_ebb_keda_scaler_and_scales_zero_one_zero() {
         tier.replicas()
     );
 
-    consume_all(&topic, &group);
-    let took = tier.wait("KEDA to scale the Deployment back to 0", || {
-        tier.replicas() == Some(0)
-    });
-    eprintln!(
-        "{}: 1 -> 0 {took:?} after the group caught up (cooldown {COOLDOWN_PERIOD} s)",
-        tier.namespace
-    );
+    drain_and_expect_zero(&tier, &topic, &group);
     let metrics = scaler.metrics();
     for method in ["IsActive", "GetMetricSpec", "GetMetrics"] {
         assert!(
@@ -548,14 +554,7 @@ fn keda_lag_mode_kedas_kafka_scaler_scales_zero_one_zero() {
         tier.condition("Active") == "True"
     });
 
-    consume_all(&topic, &group);
-    let took = tier.wait("KEDA to scale the Deployment back to 0", || {
-        tier.replicas() == Some(0)
-    });
-    eprintln!(
-        "{}: 1 -> 0 {took:?} after the group caught up (cooldown {COOLDOWN_PERIOD} s)",
-        tier.namespace
-    );
+    drain_and_expect_zero(&tier, &topic, &group);
     assert_eq!(
         tier.keda_metric("keda_scaler_metrics_value", &kafka_metric),
         Some(0.0)

@@ -1600,18 +1600,9 @@ fn dashboard_and_alerts_use_what_ebb_exports_and_prometheus_answers_them() {
         "--metrics-addr",
         &addr("producer"),
     ]);
-    let mut consumer = ebb();
+    let mut consumer = consume_command(&topic, &group);
     consumer
-        .args([
-            "consume",
-            "--topic",
-            &topic,
-            "--group",
-            &group,
-            "--sink",
-            "file",
-            "--sink-file",
-        ])
+        .args(["--sink", "file", "--sink-file"])
         .arg(dir.join("trades.jsonl"))
         .args([
             "--metrics-addr",
@@ -1619,13 +1610,8 @@ fn dashboard_and_alerts_use_what_ebb_exports_and_prometheus_answers_them() {
             "--batch-processing-time",
             "0",
         ]);
-    let mut pg_consumer = ebb();
+    let mut pg_consumer = consume_command(&topic, &pg_group);
     pg_consumer.args([
-        "consume",
-        "--topic",
-        &topic,
-        "--group",
-        &pg_group,
         "--sink",
         "postgres",
         "--database-url",

@@ -91,13 +91,17 @@ pub fn spawn_producer(topic: &str, rate: &str) -> Child {
         .expect("spawn producer")
 }
 
+/// `ebb consume --topic TOPIC --group GROUP`, for the caller to add its sink and settings.
+pub fn consume_command(topic: &str, group: &str) -> Command {
+    let mut command = ebb();
+    command.args(["consume", "--topic", topic, "--group", group]);
+    command
+}
+
 /// Starts `ebb consume` with the file sink writing to `file`.
 pub fn spawn_consumer(topic: &str, group: &str, file: &Path, extra: &[&str]) -> Child {
-    ebb()
-        .args([
-            "consume", "--topic", topic, "--group", group, "--sink", "file",
-        ])
-        .arg("--sink-file")
+    consume_command(topic, group)
+        .args(["--sink", "file", "--sink-file"])
         .arg(file)
         .args(["--metrics-addr", "127.0.0.1:0"])
         .args(extra)
@@ -111,8 +115,7 @@ pub fn spawn_consumer(topic: &str, group: &str, file: &Path, extra: &[&str]) -> 
 /// of its own; returns the child and the metrics address.
 pub fn spawn_consumer_with_metrics(topic: &str, group: &str, extra: &[&str]) -> (Child, String) {
     let addr = format!("127.0.0.1:{}", free_port());
-    let child = ebb()
-        .args(["consume", "--topic", topic, "--group", group])
+    let child = consume_command(topic, group)
         .args(["--metrics-addr", &addr, "--dead-letter-topic", "none"])
         .args(extra)
         .stdout(Stdio::null())
