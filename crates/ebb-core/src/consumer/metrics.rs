@@ -63,6 +63,9 @@ pub struct ConsumerMetrics {
     pub batch_size: Histogram,
     /// Batches in the sink now.
     pub in_flight: Gauge,
+    /// Records in closed batches, waiting for or in the sink (bounded by
+    /// `max_buffered_records`, see [`super::ConsumerSettings`]).
+    pub buffered_records: Gauge,
     /// Partitions this member owns.
     pub assigned_partitions: Gauge,
     /// Partitions paused for backpressure.
@@ -104,6 +107,7 @@ impl ConsumerMetrics {
             batches: Counter::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             in_flight: Gauge::default(),
+            buffered_records: Gauge::default(),
             assigned_partitions: Gauge::default(),
             paused_partitions: Gauge::default(),
             rebalances: Family::default(),
@@ -153,6 +157,11 @@ impl ConsumerMetrics {
             "ebb_consumer_in_flight_batches",
             "Batches in the sink now",
             m.in_flight,
+        );
+        registry.register(
+            "ebb_consumer_buffered_records",
+            "Records in closed batches, waiting for or in the sink",
+            m.buffered_records,
         );
         registry.register(
             "ebb_consumer_assigned_partitions",

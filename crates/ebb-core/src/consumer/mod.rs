@@ -247,6 +247,18 @@ impl Shared {
         }
     }
 
+    /// Counts `records` more in closed batches (dispatched to a worker).
+    fn buffer(&self, records: usize) {
+        self.buffered_records.fetch_add(records, Ordering::SeqCst);
+        self.metrics.buffered_records.inc_by(records as i64);
+    }
+
+    /// Counts `records` fewer in closed batches (handled, or dropped on a release).
+    fn unbuffer(&self, records: usize) {
+        self.buffered_records.fetch_sub(records, Ordering::SeqCst);
+        self.metrics.buffered_records.dec_by(records as i64);
+    }
+
     /// Nanoseconds since the consumer was created (the committer's clock).
     fn now_ns(&self) -> u64 {
         self.created.elapsed().as_nanos() as u64
@@ -425,6 +437,9 @@ pub async fn start<D: Decoder>(
         .map_err(|e| ConsumerError::Thread("poll", e))?;
     Ok(RunningConsumer { stop, poll_thread })
 }
+
+#[cfg(test)]
+mod runtime_tests;
 
 /// In-process fixtures for the unit tests of the runtime's pieces: a [`Shared`] with no
 /// Kafka client behind it.

@@ -279,9 +279,7 @@ impl Context {
     fn dispatch(&self, state: &PartitionState, tx: &mpsc::UnboundedSender<Batch>, batch: Batch) {
         let records = batch.len();
         state.queued_records.fetch_add(records, Ordering::SeqCst);
-        self.shared
-            .buffered_records
-            .fetch_add(records, Ordering::SeqCst);
+        self.shared.buffer(records);
         // A closed channel means the partition is being released; the release settles the
         // counters.
         let _ = tx.send(batch);

@@ -306,7 +306,7 @@ impl Context {
         });
         for state in &states {
             let left = state.queued_records.swap(0, Ordering::SeqCst);
-            shared.buffered_records.fetch_sub(left, Ordering::SeqCst);
+            shared.unbuffer(left);
             // Its worker may have been retrying a failing sink when it was released.
             if state.held.swap(false, Ordering::SeqCst) {
                 shared.probes.recovered();

@@ -67,7 +67,7 @@ async fn run<D: Decoder>(
         handle_batch(&pipeline, &shared, &state, batch).await;
         shared.busy_batches.fetch_sub(1, Ordering::SeqCst);
         state.queued_records.fetch_sub(records, Ordering::SeqCst);
-        shared.buffered_records.fetch_sub(records, Ordering::SeqCst);
+        shared.unbuffer(records);
         if let Some(poller) = shared.poller.get() {
             poller.unpark();
         }
@@ -483,9 +483,7 @@ mod tests {
             state
                 .queued_records
                 .fetch_add(batch.len(), Ordering::SeqCst);
-            shared
-                .buffered_records
-                .fetch_add(batch.len(), Ordering::SeqCst);
+            shared.buffer(batch.len());
             tx.send(batch).unwrap();
         }
         drop(tx);
@@ -497,6 +495,7 @@ mod tests {
         assert_eq!(state.commit.handled_offset(), 6);
         assert_eq!(state.queued_records.load(Ordering::SeqCst), 0);
         assert_eq!(shared.buffered_records.load(Ordering::SeqCst), 0);
+        assert_eq!(shared.metrics.buffered_records.get(), 0);
         assert_eq!(shared.busy_batches.load(Ordering::SeqCst), 0);
         assert_eq!(processed(&shared), (6, 0, 3));
     }
