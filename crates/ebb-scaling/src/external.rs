@@ -13,6 +13,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::keda::PartitionOffsets;
+use crate::offset_rate::OffsetRate;
 use crate::policy::{Decision, EbbRate, EbbRateConfig, Explanation, Observation, Policy};
 
 /// The metric the scaler serves (KEDA names it `s<trigger index>-ebb-rate-replicas`).
@@ -235,7 +236,8 @@ pub struct Answer {
 pub struct Tracker {
     metadata: ScalerMetadata,
     policy: EbbRate,
-    previous: Option<(Duration, f64)>,
+    /// The arrival rate from the sum of the log-end offsets, reading to reading.
+    arrivals: OffsetRate,
     replicas: u32,
 }
 
@@ -248,7 +250,7 @@ impl Tracker {
         Tracker {
             metadata,
             policy,
-            previous: None,
+            arrivals: OffsetRate::new(),
             replicas: 0,
         }
     }
@@ -266,26 +268,18 @@ impl Tracker {
     /// True until a first reading gave the arrival rate a starting point; the caller
     /// should then take one with [`Tracker::baseline`] and read again a moment later.
     pub fn needs_baseline(&self) -> bool {
-        self.previous.is_none()
+        !self.arrivals.has_start()
     }
 
     /// Records the sum of the log-end offsets at `now` (time since any fixed start).
     pub fn baseline(&mut self, now: Duration, log_end_sum: f64) {
-        self.previous = Some((now, log_end_sum));
+        self.arrivals.update(now.as_secs_f64(), log_end_sum);
     }
 
     /// One evaluation with the partitions read at `now`.
     pub fn observe(&mut self, now: Duration, partitions: &[PartitionOffsets]) -> Answer {
         let log_end_sum: f64 = partitions.iter().map(|p| p.log_end).sum();
-        let arrival_rate = self.previous.map_or(0.0, |(at, before)| {
-            let seconds = now.saturating_sub(at).as_secs_f64();
-            if seconds > 0.0 {
-                (log_end_sum - before).max(0.0) / seconds
-            } else {
-                0.0
-            }
-        });
-        self.previous = Some((now, log_end_sum));
+        let arrival_rate = self.arrivals.update(now.as_secs_f64(), log_end_sum);
         let observation = Observation {
             now,
             partitions,

@@ -7,7 +7,8 @@
 //! - [`scaledobject`]: reading a ScaledObject YAML into that model;
 //! - [`policy`]: the policies behind one trait, `keda-lag` and ebb's `ebb-rate`;
 //! - [`external`]: ebb-rate behind KEDA's external scaler protocol (`ebb keda-scaler`);
-//! - [`sim`]: the simulator (service model, series, summary);
+//! - [`offset_rate`]: the arrival rate from successive log-end offset readings, for every caller;
+//! - [`sim`]: the simulator (service model, series) and the run summary `ebb demo` shares;
 //! - [`chart`]: the run as an SVG with the reference dashboard's panels;
 //! - [`scenario`]: reading scenario files (YAML text; the caller reads the file);
 //! - [`tune`]: searching ScaledObject parameters for the cheapest config meeting an SLA.
@@ -16,6 +17,7 @@ pub mod chart;
 pub mod external;
 pub mod hpa;
 pub mod keda;
+pub mod offset_rate;
 pub mod policy;
 pub mod profile;
 pub mod scaledobject;

@@ -24,6 +24,10 @@ use crate::profile::RateProfile;
 use crate::scaledobject::{ScaledObjectDocument, Text, YamlError, join, read_yaml};
 use crate::sim::{Capacity, RebalanceKind, ServiceModel, SimConfig};
 
+/// The service level of a scenario without `sla`: a message waits at most this long in
+/// Kafka. Also `ebb demo`'s, which runs a profile rather than a scenario.
+pub const DEFAULT_SLA: Duration = Duration::from_secs(30);
+
 /// Why a scenario could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -465,7 +469,7 @@ pub fn parse_scenario(text: &str, origin: &str) -> Result<Scenario, ScenarioErro
             step,
             partitions,
             service,
-            sla: span(top.sla).unwrap_or(Duration::from_secs(30)),
+            sla: span(top.sla).unwrap_or(DEFAULT_SLA),
             initial_lag: number(top.initial_lag).unwrap_or(0.0),
             initial_replicas: number(top.initial_replicas).unwrap_or(0.0) as u32,
             reversal_window: Duration::from_secs(300),

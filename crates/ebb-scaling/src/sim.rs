@@ -1,10 +1,15 @@
 //! The discrete-time simulator: traffic arrives on a topic, replicas start, join the group,
 //! ramp up and process, a policy decides the replica count, and every step is recorded.
 //! Deterministic: the same inputs give the same series, with no clock and no I/O.
+//!
+//! A run's figures come from its series alone ([`Summary::from_series`]), so that `ebb demo`,
+//! which records the same [`Sample`]s from a live run, computes them exactly as `ebb sim`
+//! does.
 
 use std::time::Duration;
 
 use crate::keda::PartitionOffsets;
+use crate::offset_rate::OffsetRate;
 use crate::policy::{Observation, Policy};
 use crate::profile::RateProfile;
 
@@ -114,6 +119,32 @@ pub struct Sample {
     pub message_time_s: f64,
 }
 
+/// What a summary needs besides the series: the service level, what counts as flapping,
+/// and the state before the first sample (the series starts at t = 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummarySettings {
+    /// A message should wait no longer than this in Kafka.
+    pub sla: Duration,
+    /// Two opposite scale events closer than this count as a reversal.
+    pub reversal_window: Duration,
+    /// Replicas at t = 0, until the first sample.
+    pub initial_replicas: u32,
+    /// Lag at t = 0.
+    pub initial_lag: f64,
+}
+
+impl SimConfig {
+    /// The settings a summary of this configuration's runs uses.
+    pub fn summary_settings(&self) -> SummarySettings {
+        SummarySettings {
+            sla: self.sla,
+            reversal_window: self.reversal_window,
+            initial_replicas: self.initial_replicas,
+            initial_lag: self.initial_lag,
+        }
+    }
+}
+
 /// The run's figures.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Summary {
@@ -121,13 +152,15 @@ pub struct Summary {
     pub policy: String,
     /// Highest lag.
     pub max_lag: f64,
-    /// Median time a message waited in Kafka (weighted by messages).
+    /// Median time a message waited in Kafka (weighted by messages: the processed rate
+    /// times the time between samples).
     pub message_time_p50_s: f64,
     /// 99th percentile of the same.
     pub message_time_p99_s: f64,
     /// Longest wait.
     pub message_time_max_s: f64,
-    /// Sum over time of replicas that exist: what the run costs.
+    /// Sum over time of replicas that exist: what the run costs. A sample's count holds
+    /// until the next sample.
     pub replica_seconds: f64,
     /// Most replicas at once.
     pub max_replicas: u32,
@@ -135,11 +168,12 @@ pub struct Summary {
     pub scale_events: u32,
     /// Changes of direction within the reversal window (flapping).
     pub reversals: u32,
-    /// Seconds during which the oldest waiting message was older than the SLA.
+    /// Seconds during which the oldest waiting message was older than the SLA (a sample
+    /// over it counts the time since the previous sample).
     pub sla_violation_s: f64,
-    /// Messages that arrived.
+    /// Messages that arrived (the arrival rate over time).
     pub arrived: f64,
-    /// Messages processed.
+    /// Messages processed (the processed rate over time).
     pub processed: f64,
     /// Lag at the end.
     pub final_lag: f64,
@@ -194,24 +228,8 @@ pub fn simulate(config: &SimConfig, traffic: &RateProfile, policy: &mut dyn Poli
     let mut desired = pods.len() as u32;
     let mut series = Vec::with_capacity(steps);
     let mut decisions = Vec::new();
-    let mut waits: Vec<(f64, f64)> = Vec::new();
-    let mut summary = Summary {
-        policy: policy.name().to_string(),
-        max_lag: lag,
-        message_time_p50_s: 0.0,
-        message_time_p99_s: 0.0,
-        message_time_max_s: 0.0,
-        replica_seconds: 0.0,
-        max_replicas: pods.len() as u32,
-        scale_events: 0,
-        reversals: 0,
-        sla_violation_s: 0.0,
-        arrived: 0.0,
-        processed: 0.0,
-        final_lag: 0.0,
-    };
-    let mut previous_log_end = log_end;
-    let mut previous_observed = 0.0;
+    // The policy sees the arrival rate as a live reader of the offsets would.
+    let mut arrival_rate = OffsetRate::starting_at(0.0, log_end);
 
     for step in 0..steps {
         let t = step as f64 * dt;
@@ -269,37 +287,19 @@ pub fn simulate(config: &SimConfig, traffic: &RateProfile, policy: &mut dyn Poli
         log_end += arriving;
         committed += processed;
         arrivals_at.push((end, log_end));
-        summary.arrived += arriving;
-        summary.processed += processed;
 
         let message_time = if lag < 0.5 {
             0.0
         } else {
             oldest_waiting(&arrivals_at, committed, end)
         };
-        if processed > 0.0 {
-            waits.push((message_time, processed));
-        }
-        if message_time > config.sla.as_secs_f64() {
-            summary.sla_violation_s += dt;
-        }
-        summary.max_lag = summary.max_lag.max(lag);
-        summary.message_time_max_s = summary.message_time_max_s.max(message_time);
-        summary.replica_seconds += pods.len() as f64 * dt;
 
         // The policy looks at the end of the step.
         let offsets = spread(partitions, log_end, committed);
-        let observed_rate = if end - previous_observed > 0.0 {
-            (log_end - previous_log_end) / (end - previous_observed)
-        } else {
-            0.0
-        };
-        previous_log_end = log_end;
-        previous_observed = end;
         let observation = Observation {
             now: Duration::from_secs_f64(end),
             partitions: &offsets,
-            arrival_rate: observed_rate,
+            arrival_rate: arrival_rate.update(end, log_end),
             current_replicas: pods.len() as u32,
             ready_replicas: ready,
         };
@@ -350,7 +350,6 @@ pub fn simulate(config: &SimConfig, traffic: &RateProfile, policy: &mut dyn Poli
                     members = remaining;
                 }
             }
-            summary.max_replicas = summary.max_replicas.max(pods.len() as u32);
         }
 
         series.push(Sample {
@@ -366,22 +365,66 @@ pub fn simulate(config: &SimConfig, traffic: &RateProfile, policy: &mut dyn Poli
         });
     }
 
-    summary.final_lag = lag;
-    (summary.scale_events, summary.reversals) =
-        scale_changes(config.initial_replicas, &series, config.reversal_window);
-    let (p50, p99) = weighted_percentiles(&mut waits);
-    summary.message_time_p50_s = p50;
-    summary.message_time_p99_s = p99;
     SimResult {
+        summary: Summary::from_series(policy.name(), &series, &config.summary_settings()),
         series,
-        summary,
         decisions,
+    }
+}
+
+impl Summary {
+    /// The figures of a run recorded as `series` (samples in time order, the first after
+    /// t = 0). Each sample stands for the time since the previous one (since 0 for the
+    /// first): messages arrived and processed are its rates times that time, the message
+    /// time percentiles weigh its message time by the messages it processed, and that time
+    /// counts against the SLA when its message time is over it. Its replica count holds
+    /// until the next sample (the settings' initial count until the first).
+    pub fn from_series(policy: &str, series: &[Sample], settings: &SummarySettings) -> Summary {
+        let mut summary = Summary {
+            policy: policy.to_string(),
+            max_lag: settings.initial_lag,
+            message_time_p50_s: 0.0,
+            message_time_p99_s: 0.0,
+            message_time_max_s: 0.0,
+            replica_seconds: 0.0,
+            max_replicas: settings.initial_replicas,
+            scale_events: 0,
+            reversals: 0,
+            sla_violation_s: 0.0,
+            arrived: 0.0,
+            processed: 0.0,
+            final_lag: series.last().map_or(settings.initial_lag, |s| s.lag),
+        };
+        let sla = settings.sla.as_secs_f64();
+        let mut waits: Vec<(f64, f64)> = Vec::with_capacity(series.len());
+        let (mut before_t, mut before_replicas) = (0.0, settings.initial_replicas);
+        for s in series {
+            let dt = (s.t_s - before_t).max(0.0);
+            let processed = s.processed_rate * dt;
+            summary.arrived += s.arrival_rate * dt;
+            summary.processed += processed;
+            if processed > 0.0 {
+                waits.push((s.message_time_s, processed));
+            }
+            if s.message_time_s > sla {
+                summary.sla_violation_s += dt;
+            }
+            summary.replica_seconds += before_replicas as f64 * dt;
+            summary.max_lag = summary.max_lag.max(s.lag);
+            summary.message_time_max_s = summary.message_time_max_s.max(s.message_time_s);
+            summary.max_replicas = summary.max_replicas.max(s.current_replicas);
+            (before_t, before_replicas) = (s.t_s, s.current_replicas);
+        }
+        (summary.scale_events, summary.reversals) =
+            scale_changes(settings.initial_replicas, series, settings.reversal_window);
+        (summary.message_time_p50_s, summary.message_time_p99_s) = weighted_percentiles(&mut waits);
+        summary
     }
 }
 
 /// Scale events (changes of the desired replica count, from `initial`) and reversals
 /// among them: a change opposite to the previous one within `window` (flapping).
-pub fn scale_changes(initial: u32, series: &[Sample], window: Duration) -> (u32, u32) {
+fn scale_changes(initial: u32, series: &[Sample], window: Duration) -> (u32, u32) {
     let (mut events, mut reversals) = (0, 0);
     let mut previous = initial;
     let mut last: Option<(f64, bool)> = None;
@@ -713,6 +756,89 @@ mod tests {
         // Changes at 1 s (up), 60 s (up), then every minute alternating down and up.
         assert_eq!(r.summary.scale_events, 11);
         assert_eq!(r.summary.reversals, 9);
+    }
+
+    fn sample(t_s: f64, rates: (f64, f64), lag: f64, replicas: u32, message_time_s: f64) -> Sample {
+        Sample {
+            t_s,
+            arrival_rate: rates.0,
+            processed_rate: rates.1,
+            lag,
+            lag_target: 0.0,
+            desired_replicas: replicas,
+            current_replicas: replicas,
+            ready_replicas: replicas,
+            message_time_s,
+        }
+    }
+
+    fn settings() -> SummarySettings {
+        SummarySettings {
+            sla: Duration::from_secs(30),
+            reversal_window: Duration::from_secs(60),
+            initial_replicas: 0,
+            initial_lag: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_summary_weighs_each_sample_by_the_time_since_the_previous_one() {
+        let series = [
+            sample(1.0, (100.0, 50.0), 50.0, 2, 1.0),
+            // Two seconds over the SLA, processing 200 messages that waited 40 s.
+            sample(3.0, (100.0, 100.0), 50.0, 2, 40.0),
+            sample(3.5, (0.0, 100.0), 0.0, 3, 5.0),
+            sample(10.0, (0.0, 0.0), 0.0, 1, 0.0),
+        ];
+        let s = Summary::from_series("live", &series, &settings());
+        assert_eq!(s.policy, "live");
+        // Messages waited 1 s (50 of them), 5 s (50) and 40 s (200): the median message
+        // waited 40 s, where the median sample says 5 s.
+        assert_eq!((s.message_time_p50_s, s.message_time_p99_s), (40.0, 40.0));
+        assert_eq!(s.message_time_max_s, 40.0);
+        assert_eq!(s.sla_violation_s, 2.0, "seconds, not samples");
+        // 0 replicas until 1 s, 2 until 3.5 s, 3 until 10 s.
+        assert_eq!(s.replica_seconds, 2.0 * 2.5 + 3.0 * 6.5);
+        assert_eq!((s.arrived, s.processed), (300.0, 300.0));
+        assert_eq!((s.max_lag, s.final_lag, s.max_replicas), (50.0, 0.0, 3));
+        // 0 → 2, 2 → 3, then 3 → 1 within the 60 s window: a reversal.
+        assert_eq!((s.scale_events, s.reversals), (3, 1));
+    }
+
+    #[test]
+    fn a_summary_of_no_samples_is_the_initial_state() {
+        let mut at_start = settings();
+        at_start.initial_lag = 700.0;
+        at_start.initial_replicas = 2;
+        let s = Summary::from_series("none", &[], &at_start);
+        assert_eq!((s.max_lag, s.final_lag, s.max_replicas), (700.0, 700.0, 2));
+        assert_eq!(
+            (s.replica_seconds, s.sla_violation_s, s.scale_events),
+            (0.0, 0.0, 0)
+        );
+        assert_eq!((s.message_time_p50_s, s.message_time_p99_s), (0.0, 0.0));
+    }
+
+    #[test]
+    fn the_simulators_summary_is_the_summary_of_its_series() {
+        let mut c = config();
+        c.step = Duration::from_millis(250);
+        c.initial_replicas = 2;
+        c.initial_lag = 5_000.0;
+        let r = simulate(&c, &"20@60s,900@120s,0".parse().unwrap(), &mut Fixed(5));
+        assert_eq!(
+            r.summary,
+            Summary::from_series("fixed", &r.series, &c.summary_settings())
+        );
+        assert!((r.summary.arrived - (20.0 * 60.0 + 900.0 * 120.0)).abs() < 1e-6);
+        assert!(
+            (r.summary.arrived + c.initial_lag - r.summary.processed - r.summary.final_lag).abs()
+                < 1e-6,
+            "{:?}",
+            r.summary
+        );
+        // Two replicas for the first step, five after.
+        assert!((r.summary.replica_seconds - (2.0 * 0.25 + 5.0 * 599.75)).abs() < 1e-6);
     }
 
     #[test]

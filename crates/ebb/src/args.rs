@@ -1,7 +1,9 @@
 //! Options shared by several subcommands, and the parsers for their values.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 use ebb_core::KafkaOptions;
 use ebb_core::admin::AdminError;
@@ -145,9 +147,99 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("\"{text}\" is not a duration ({e}); use e.g. 0.1, 100ms, 30s, 5m"))
 }
 
+/// A `--summary-file` path, checked when the command starts rather than when it exits
+/// (after a run that may have lasted hours): it names a file, in a directory that exists.
+pub fn parse_summary_file(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    if path.file_name().is_none() {
+        return Err(format!(
+            "\"{text}\" names no file; give a path such as out/summary.json"
+        ));
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "directory {} does not exist; create it or choose another path",
+            dir.display()
+        ));
+    }
+    Ok(path)
+}
+
+/// Writes what a command did, as one JSON object, to `path` (its `--summary-file`)
+/// atomically: into a temporary file beside it, then renamed over it, so that a reader sees
+/// the whole object or none, never half of one.
+pub fn write_summary_file(path: &Path, summary: &serde_json::Value) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("--summary-file {} names no file", path.display()))?;
+    let mut temporary = std::ffi::OsString::from(".");
+    temporary.push(name);
+    temporary.push(format!(".{}.tmp", std::process::id()));
+    let temporary = path.with_file_name(temporary);
+    let text = serde_json::to_string_pretty(summary)? + "\n";
+    std::fs::write(&temporary, text).with_context(|| {
+        format!(
+            "cannot write the summary file {} (through {})",
+            path.display(),
+            temporary.display()
+        )
+    })?;
+    if let Err(e) = std::fs::rename(&temporary, path) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(e).with_context(|| {
+            format!(
+                "cannot write the summary file {} (renaming {} over it)",
+                path.display(),
+                temporary.display()
+            )
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summary_files_are_checked_up_front_and_written_whole() {
+        let dir = std::env::temp_dir().join(format!("ebb-args-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("run.json");
+        assert_eq!(parse_summary_file(path.to_str().unwrap()), Ok(path.clone()));
+        assert!(
+            parse_summary_file("here.json").is_ok(),
+            "the working directory"
+        );
+        let missing = parse_summary_file(dir.join("no/run.json").to_str().unwrap()).unwrap_err();
+        assert!(
+            missing.contains("no") && missing.contains("does not exist"),
+            "{missing}"
+        );
+        assert!(
+            parse_summary_file("/")
+                .unwrap_err()
+                .contains("names no file")
+        );
+
+        write_summary_file(&path, &serde_json::json!({"processed": 3})).unwrap();
+        write_summary_file(&path, &serde_json::json!({"processed": 5})).unwrap();
+        let read: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(read["processed"], 5);
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "no temporary file left: {left:?}");
+        let error = write_summary_file(&dir.join("gone/run.json"), &read).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("gone/run.json"),
+            "names the file: {error:#}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn durations_in_seconds_or_with_units() {

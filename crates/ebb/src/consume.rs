@@ -17,7 +17,10 @@ use ebb_core::kafka::OffsetReset;
 use ebb_core::trade::TradeDecoder;
 use prometheus_client::registry::Registry;
 
-use crate::args::{DatabaseArgs, KafkaArgs, UsageError, dead_letter_topic, parse_duration};
+use crate::args::{
+    DatabaseArgs, KafkaArgs, UsageError, dead_letter_topic, parse_duration, parse_summary_file,
+    write_summary_file,
+};
 
 /// Consume trades in micro-batches and hand them to a sink, never losing or reordering
 /// records while consumers join and leave the group.
@@ -150,6 +153,12 @@ pub struct ConsumeArgs {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "EBB_METRICS_ADDR", default_value = "0.0.0.0:8000")]
     metrics_addr: SocketAddr,
+
+    /// At exit, write what the run did (processed, dead_lettered, batches, active_s,
+    /// failure) as a JSON object to this file, atomically (a temporary file beside it, then
+    /// renamed). `ebb scale` gives each worker its own. Default: none.
+    #[arg(long, env = "EBB_SUMMARY_FILE", value_parser = parse_summary_file)]
+    summary_file: Option<PathBuf>,
 
     #[command(flatten)]
     kafka: KafkaArgs,
@@ -326,6 +335,18 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         report.active.as_secs_f64(),
         report.dead_lettered
     );
+    if let Some(path) = &args.summary_file {
+        write_summary_file(
+            path,
+            &serde_json::json!({
+                "processed": report.processed,
+                "dead_lettered": report.dead_lettered,
+                "batches": report.batches,
+                "active_s": report.active.as_secs_f64(),
+                "failure": report.failure,
+            }),
+        )?;
+    }
     if let Some(failure) = report.failure {
         eprintln!("error: {failure}; restart the consumer (a supervisor does so on its own)");
         return Ok(ExitCode::from(1));

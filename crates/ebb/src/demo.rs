@@ -2,7 +2,9 @@
 //! runs, creates a fresh topic, runs `ebb scale` (which runs the consumer workers) and
 //! `ebb produce` with a spike, serves a live dashboard, prints progress, and ends with a
 //! summary — lost records must be 0 — plus series.csv, summary.json and chart.svg in the
-//! same format as `ebb sim`.
+//! same format as `ebb sim`, the figures computed by the simulator's own
+//! [`Summary::from_series`]. What the producer delivered and what each worker processed come
+//! from the JSON summaries they write at exit (`--summary-file`), not from their logs.
 //!
 //! The dashboard explains itself: each second the demo scrapes the supervisor's metrics
 //! (which carry the policy's inputs) and every worker's, and serves the series
@@ -25,8 +27,10 @@ use clap::{Args, ValueEnum};
 use ebb_core::admin::{Admin, AdminError};
 use ebb_core::http::{Client, serve};
 use ebb_scaling::chart;
+use ebb_scaling::offset_rate::OffsetRate;
 use ebb_scaling::policy::{EbbRateInputs, Explanation, Inputs, KedaLagInputs, Limit};
-use ebb_scaling::sim::{Sample, Summary, oldest_waiting, scale_changes, series_csv};
+use ebb_scaling::scenario::DEFAULT_SLA;
+use ebb_scaling::sim::{Sample, Summary, SummarySettings, oldest_waiting, series_csv};
 
 use crate::args::{KafkaArgs, UsageError, parse_duration};
 use crate::scale::{signal_child, spawn_ebb};
@@ -107,6 +111,17 @@ const WORKER_CAPACITY: f64 = 400.0;
 /// spike), so scaling in after the spike has ended is not flapping, and a premature
 /// scale-in within a minute is.
 const REVERSAL_WINDOW: Duration = Duration::from_secs(60);
+
+/// How the run's figures are computed: as `ebb sim` computes a scenario's. The demo runs a
+/// profile, not a scenario, so its SLA is the scenario format's default (30 s, also what
+/// `scenarios/demo.yaml`, the demo as a scenario, sets); the run starts with no worker and
+/// an empty topic.
+const SUMMARY_SETTINGS: SummarySettings = SummarySettings {
+    sla: DEFAULT_SLA,
+    reversal_window: REVERSAL_WINDOW,
+    initial_replicas: 0,
+    initial_lag: 0.0,
+};
 
 /// A ScaledObject for the demo's scale: quick polling, a short cooldown.
 const DEMO_SCALED_OBJECT: &str = "apiVersion: keda.sh/v1alpha1
@@ -351,27 +366,53 @@ fn run_json(b: &Board) -> serde_json::Value {
     })
 }
 
-/// Records processed per worker, from the `Stopped: processed N records` lines of their logs.
-fn processed_by_workers(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .flat_map(|text| {
-            text.lines()
-                .filter_map(|l| {
-                    l.split("Stopped: processed ")
-                        .nth(1)?
-                        .split_whitespace()
-                        .next()?
-                        .parse::<u64>()
-                        .ok()
-                })
-                .collect::<Vec<_>>()
-        })
-        .sum()
+/// A count from the JSON summary a command wrote at exit (`--summary-file`); the error
+/// names the file, the field and the log that says why it is missing.
+fn summary_count(path: &Path, field: &str, log: &Path) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read {} (its summary at exit); see {}",
+            path.display(),
+            log.display()
+        )
+    })?;
+    let summary: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not JSON; see {}", path.display(), log.display()))?;
+    summary[field].as_u64().with_context(|| {
+        format!(
+            "{} has no count \"{field}\"; see {}",
+            path.display(),
+            log.display()
+        )
+    })
+}
+
+/// What the workers processed, from the summaries they wrote at exit
+/// (`worker-N.summary.json` beside `worker-N.log`, both named by `ebb scale`), and how many
+/// workers wrote none (killed after the stop timeout, or crashed).
+fn processed_by_workers(dir: &Path) -> anyhow::Result<(u64, u32)> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    let (mut processed, mut without_summary) = (0, 0);
+    for entry in entries {
+        let log = entry
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .path();
+        let Some(worker) = log
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".log"))
+        else {
+            continue;
+        };
+        let summary = dir.join(format!("{worker}.summary.json"));
+        if summary.exists() {
+            processed += summary_count(&summary, "processed", &log)?;
+        } else {
+            without_summary += 1;
+        }
+    }
+    Ok((processed, without_summary))
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -489,11 +530,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         profile.to_string(),
     ];
     produce_args.extend(kafka_flags);
+    let producer_summary = out.join("producer.summary.json");
+    let _ = std::fs::remove_file(&producer_summary);
     produce_args.extend([
         "--metrics-addr".to_string(),
         format!("127.0.0.1:{producer_port}"),
+        "--summary-file".into(),
+        producer_summary.display().to_string(),
     ]);
-    let mut producer = spawn_ebb(&produce_args, &[], &out.join("producer.log"))?;
+    let producer_log = out.join("producer.log");
+    let mut producer = spawn_ebb(&produce_args, &[], &producer_log)?;
     println!(
         "ebb demo: topic {topic}, traffic {profile} ({traffic_length:?}), policy {}; dashboard on http://{dashboard}/; logs in {}",
         args.policy.name(),
@@ -504,10 +550,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let http = Client::new();
     let started = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    // The topic and the group are new: nothing has arrived or been committed at 0 s.
     let mut arrivals: Vec<(f64, f64)> = vec![(0.0, 0.0)];
-    let mut previous: Option<(f64, f64, f64)> = None;
+    let mut arrival_rate_of = OffsetRate::starting_at(0.0, 0.0);
+    let mut processed_rate_of = OffsetRate::starting_at(0.0, 0.0);
+    let mut last_committed = 0.0;
     let mut traffic_done: Option<Instant> = None;
-    let mut replica_seconds = 0.0;
     let mut last_report = Instant::now();
     let mut interrupted = false;
     let mut last_desired = 0u32;
@@ -534,14 +582,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             get("ebb_scale_committed_offsets"),
             get("ebb_scale_lag"),
         );
-        let (arrival_rate, processed_rate) = match previous {
-            Some((t0, l0, c0)) if t > t0 => (
-                (log_end - l0).max(0.0) / (t - t0),
-                (committed - c0).max(0.0) / (t - t0),
-            ),
-            _ => (0.0, 0.0),
-        };
-        previous = Some((t, log_end, committed));
+        let arrival_rate = arrival_rate_of.update(t, log_end);
+        let processed_rate = processed_rate_of.update(t, committed);
+        last_committed = committed;
         arrivals.push((t, log_end));
         let message_time = if lag < 1.0 {
             0.0
@@ -549,7 +592,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             oldest_waiting(&arrivals, committed, t)
         };
         let current = get("ebb_scale_current_replicas") as u32;
-        replica_seconds += current as f64;
         let sample = Sample {
             t_s: t,
             arrival_rate,
@@ -612,19 +654,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let _ = producer.wait();
     signal_child(&scale, libc::SIGTERM);
     let stopped = tokio::task::spawn_blocking(move || scale.wait()).await??;
-    let producer_log = std::fs::read_to_string(out.join("producer.log")).unwrap_or_default();
-    let delivered: u64 = producer_log
-        .lines()
-        .find_map(|l| {
-            l.split(" delivered ")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0);
-    let final_offsets = scrape(&http, scale_port, Duration::from_secs(2)).await;
+    let delivered = summary_count(&producer_summary, "delivered", &producer_log)?;
     let samples: Vec<Sample> = board
         .lock()
         .map(|mut b| {
@@ -633,44 +663,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             b.points.iter().map(|p| p.sample.clone()).collect()
         })
         .unwrap_or_default();
-    let last_lag = samples.last().map_or(0.0, |x| x.lag);
-    let last_committed = final_offsets.and_then(|m| m.get("ebb_scale_committed_offsets").copied());
-    let processed_unique = previous
-        .map_or(0.0, |(_, _, c)| c)
-        .max(last_committed.unwrap_or(0.0)) as u64;
-    let processed_total = processed_by_workers(&workers_dir);
+    // Once the supervisor has stopped, its gauges are gone: what the group committed is
+    // what it last reported.
+    let processed_unique = last_committed as u64;
+    let (processed_total, workers_without_summary) = processed_by_workers(&workers_dir)?;
     let lost = delivered.saturating_sub(processed_unique);
     let duplicates = processed_total.saturating_sub(processed_unique);
-    let mut waits: Vec<f64> = samples
-        .iter()
-        .filter(|s| s.processed_rate > 0.0)
-        .map(|s| s.message_time_s)
-        .collect();
-    waits.sort_by(f64::total_cmp);
-    let p99 = waits
-        .get((waits.len() as f64 * 0.99) as usize)
-        .copied()
-        .unwrap_or(0.0);
-    let (scale_events, reversals) = scale_changes(0, &samples, REVERSAL_WINDOW);
-    let summary = Summary {
-        policy: format!("demo-{}", args.policy.name()),
-        max_lag: samples.iter().map(|s| s.lag).fold(0.0, f64::max),
-        message_time_p50_s: waits.get(waits.len() / 2).copied().unwrap_or(0.0),
-        message_time_p99_s: p99,
-        message_time_max_s: samples.iter().map(|s| s.message_time_s).fold(0.0, f64::max),
-        replica_seconds,
-        max_replicas: samples
-            .iter()
-            .map(|s| s.current_replicas)
-            .max()
-            .unwrap_or(0),
-        scale_events,
-        reversals,
-        sla_violation_s: samples.iter().filter(|s| s.message_time_s > 30.0).count() as f64,
-        arrived: delivered as f64,
-        processed: processed_unique as f64,
-        final_lag: last_lag,
-    };
+    let summary = Summary::from_series(
+        &format!("demo-{}", args.policy.name()),
+        &samples,
+        &SUMMARY_SETTINGS,
+    );
     std::fs::write(out.join("series.csv"), series_csv(&samples))?;
     let policy_flags: Vec<&String> = scale_args
         .iter()
@@ -684,6 +687,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         fields.insert("processed_total".into(), processed_total.into());
         fields.insert("lost".into(), lost.into());
         fields.insert("duplicates".into(), duplicates.into());
+        fields.insert(
+            "workers_without_summary".into(),
+            workers_without_summary.into(),
+        );
         fields.insert("interrupted".into(), interrupted.into());
         fields.insert(
             "settings".into(),
@@ -697,6 +704,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 "worker_args": WORKER_ARGS,
                 "worker_capacity_msg_s": WORKER_CAPACITY,
                 "drain_timeout_s": args.drain_timeout.as_secs_f64(),
+                "sla_s": SUMMARY_SETTINGS.sla.as_secs_f64(),
+                "reversal_window_s": SUMMARY_SETTINGS.reversal_window.as_secs_f64(),
             }),
         );
     }
@@ -713,6 +722,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("{:<22}{:>16}", "processed (unique)", processed_unique);
     println!("{:<22}{:>16}", "lost", lost);
     println!("{:<22}{:>16}", "duplicates", duplicates);
+    if workers_without_summary > 0 {
+        println!(
+            "({workers_without_summary} worker(s) wrote no summary at exit, killed or crashed: duplicates counts the others only; see {})",
+            workers_dir.display()
+        );
+    }
+    println!(
+        "SLA {:?} on message time in Kafka (the scenario format's default, as in scenarios/demo.yaml)",
+        SUMMARY_SETTINGS.sla
+    );
     println!(
         "chart: {}\nseries: {}",
         out.join("chart.svg").display(),

@@ -18,7 +18,7 @@ use ebb_scaling::RateProfile;
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::args::{KafkaArgs, UsageError, parse_duration};
+use crate::args::{KafkaArgs, UsageError, parse_duration, parse_summary_file, write_summary_file};
 use crate::signals::StopSignals;
 
 /// Send trades to a topic at a rate that follows a profile.
@@ -91,6 +91,12 @@ pub struct ProduceArgs {
         default_value = "0.0.0.0:8001"
     )]
     metrics_addr: SocketAddr,
+
+    /// At exit, write what the run did (sent, delivered, failed, undelivered, skipped,
+    /// elapsed_s, first_error) as a JSON object to this file, atomically (a temporary file
+    /// beside it, then renamed). Default: none.
+    #[arg(long, env = "EBB_PRODUCER_SUMMARY_FILE", value_parser = parse_summary_file)]
+    summary_file: Option<PathBuf>,
 
     #[command(flatten)]
     kafka: KafkaArgs,
@@ -191,6 +197,20 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<ExitCode> {
         seconds,
         report.delivered as f64 / seconds.max(1e-9)
     );
+    if let Some(path) = &args.summary_file {
+        write_summary_file(
+            path,
+            &serde_json::json!({
+                "sent": report.sent,
+                "delivered": report.delivered,
+                "failed": report.failed,
+                "undelivered": report.undelivered,
+                "skipped": report.skipped,
+                "elapsed_s": seconds,
+                "first_error": report.first_error,
+            }),
+        )?;
+    }
     if report.all_delivered() {
         Ok(ExitCode::SUCCESS)
     } else {

@@ -16,6 +16,7 @@ use ebb_core::admin::Admin;
 use ebb_core::http::{Probes, serve, standard_routes};
 use ebb_core::lag::LagProbe;
 use ebb_scaling::keda::PartitionOffsets;
+use ebb_scaling::offset_rate::OffsetRate;
 use ebb_scaling::policy::{
     EbbRate, EbbRateConfig, Explanation, Inputs, KedaLag, Limit, Observation, Policy,
 };
@@ -32,7 +33,8 @@ use crate::signals::StopSignals;
 /// Run `ebb consume` workers and scale them on the group's lag, like KEDA + HPA on
 /// Kubernetes: `keda-lag` applies a ScaledObject (--scaled-object), `ebb-rate` sizes for the
 /// arrival rate plus draining the backlog (--capacity per worker). Arguments after `--` go
-/// to every worker (e.g. `-- --batch-processing-time 0.2`). Ctrl-C stops every worker
+/// to every worker (e.g. `-- --batch-processing-time 0.2`); each worker gets its own
+/// --metrics-addr and --summary-file from the supervisor. Ctrl-C stops every worker
 /// cleanly.
 #[derive(Args)]
 pub struct ScaleArgs {
@@ -81,7 +83,9 @@ pub struct ScaleArgs {
     /// Workers serve their metrics on 127.0.0.1 from this port up.
     #[arg(long, env = "EBB_WORKER_PORT_BASE", default_value_t = 9200)]
     worker_port_base: u16,
-    /// Directory for the workers' logs; default: a directory under the system temp dir.
+    /// Directory for the workers' logs (worker-N.log) and the summaries they write at exit
+    /// (worker-N.summary.json, see `ebb consume --summary-file`); default: a directory under
+    /// the system temp dir.
     #[arg(long, env = "EBB_WORKER_LOG_DIR")]
     worker_log_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -400,10 +404,13 @@ impl Pool {
         let id = self.next_id;
         self.next_id += 1;
         let log = self.log_dir.join(format!("worker-{id}.log"));
+        let summary = self.log_dir.join(format!("worker-{id}.summary.json"));
         let mut args = vec![
             "consume".to_string(),
             "--metrics-addr".into(),
             format!("127.0.0.1:{port}"),
+            "--summary-file".into(),
+            summary.display().to_string(),
         ];
         args.extend(self.args.iter().cloned());
         let child = spawn_ebb(&args, &self.env, &log)?;
@@ -613,7 +620,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
     let http = ebb_core::http::Client::new();
     let started = Instant::now();
     let mut desired = 0u32;
-    let mut previous: Option<(Instant, f64)> = None;
+    let mut arrivals = OffsetRate::new();
     let mut last_report = Instant::now();
     let mut ticker = tokio::time::interval(args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -633,12 +640,8 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        let now = Instant::now();
         let log_end: f64 = rows.iter().map(|r| r.log_end as f64).sum();
-        let arrival_rate = previous.map_or(0.0, |(at, before)| {
-            (log_end - before).max(0.0) / now.duration_since(at).as_secs_f64().max(1e-3)
-        });
-        previous = Some((now, log_end));
+        let arrival_rate = arrivals.update(started.elapsed().as_secs_f64(), log_end);
         let offsets: Vec<PartitionOffsets> = rows
             .iter()
             .map(|r| PartitionOffsets {

@@ -1,13 +1,17 @@
 //! `ebb demo` end to end, shortened: the pipeline scales out and back to zero, nothing is
-//! lost, no process is left behind, and the dashboard page explains itself: every panel
-//! with data, time and unit axes, scale events with the policy's reason, the workers, and
-//! the summary once the run has ended.
+//! lost, no process is left behind, the counts come from the producer's and workers' exit
+//! summaries, and the dashboard page explains itself: every panel with data, time and unit
+//! axes, scale events with the policy's reason, the workers, and the summary once the run
+//! has ended.
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
+// The demo derives its supervisor's, producer's and workers' ports from one base, so it
+// cannot be given port 0.
+use ebb_testkit::free_port;
 
 #[test]
 fn a_short_demo_loses_nothing_and_leaves_no_process() {
@@ -84,6 +88,39 @@ fn a_short_demo_loses_nothing_and_leaves_no_process() {
     );
     assert_eq!(summary["settings"]["policy"].as_str(), Some("ebb-rate"));
     assert!(summary["message_time_p99_s"].is_number(), "{summary}");
+    assert_eq!(
+        summary["settings"]["sla_s"].as_f64(),
+        Some(30.0),
+        "{summary}"
+    );
+    // The counts come from the exit summaries: the producer's, and one per worker.
+    let producer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("producer.summary.json")).unwrap())
+            .expect("the producer's summary is JSON");
+    assert_eq!(producer["delivered"], summary["produced"], "{producer}");
+    assert_eq!(producer["failed"].as_u64(), Some(0), "{producer}");
+    assert_eq!(
+        summary["workers_without_summary"].as_u64(),
+        Some(0),
+        "every worker stopped cleanly: {summary}"
+    );
+    let workers: Vec<serde_json::Value> = std::fs::read_dir(out.join("workers"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".summary.json"))
+        .map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap())
+        .collect();
+    assert!(workers.len() >= 2, "a summary per worker: {workers:?}");
+    let processed: u64 = workers.iter().filter_map(|w| w["processed"].as_u64()).sum();
+    assert_eq!(
+        Some(processed),
+        summary["processed_total"].as_u64(),
+        "{workers:?}"
+    );
+    assert!(
+        workers.iter().all(|w| w["failure"].is_null()),
+        "{workers:?}"
+    );
     let leftovers = std::process::Command::new("pgrep")
         .args(["-f", &format!("127.0.0.1:{}[0-9]", base / 10)])
         .output()
