@@ -104,6 +104,9 @@ async fn readyz(State(shared): State<Shared>) -> impl IntoResponse {
 
 /// Binds `addr` and serves `router` in the background until the process ends. Binding
 /// happens before this returns, so a taken port is reported at once, naming `setting`.
+///
+/// Logs `Listening on http://ADDR (SETTING)` with the address actually bound, so that a
+/// caller who asked for port 0 (tests, several processes on one machine) learns the port.
 pub async fn serve(addr: SocketAddr, router: Router, setting: &str) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!(
@@ -111,6 +114,7 @@ pub async fn serve(addr: SocketAddr, router: Router, setting: &str) -> anyhow::R
         )
     })?;
     let bound = listener.local_addr()?;
+    tracing::info!("Listening on http://{bound} ({setting})");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!("HTTP server on {bound} stopped: {e}");

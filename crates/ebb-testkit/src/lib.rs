@@ -336,7 +336,10 @@ pub fn ensure_debian_packages(packages: &[&str]) {
     );
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that nothing listened on a moment ago: for a port that must be
+/// closed, or for a server that cannot report the port it got (ebb's own servers are
+/// started on port 0 and log theirs; see `Running::address` in the ebb tests). Another
+/// process may take it in between.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -557,6 +557,7 @@ pub async fn run(args: KedaScalerArgs) -> anyhow::Result<ExitCode> {
         )
     })?;
     let bound = listener.local_addr()?;
+    tracing::info!("Listening on grpc://{bound} (--addr / EBB_KEDA_SCALER_ADDR)");
     let scaler = Arc::new(Scaler {
         kafka,
         started: Instant::now(),

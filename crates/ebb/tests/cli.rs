@@ -75,7 +75,17 @@ fn malformed_rate_profile_exits_2_and_points_at_the_part() {
 fn sigterm_during_a_run_flushes_and_every_record_reported_sent_is_in_the_topic() {
     let topic = create_topic("produce-term", 4);
     let producer = spawn_producer(&topic, "3000");
-    std::thread::sleep(Duration::from_secs(2));
+    wait_until(
+        "3,000 records in the topic",
+        Duration::from_secs(30),
+        || {
+            watermarks(&kafka(), &topic)
+                .iter()
+                .map(|(_, high)| high)
+                .sum::<i64>()
+                > 3000
+        },
+    );
     signal(&producer, libc::SIGTERM);
     let out = finish(producer, Duration::from_secs(30));
     assert!(
@@ -92,7 +102,7 @@ fn sigterm_during_a_run_flushes_and_every_record_reported_sent_is_in_the_topic()
         .unwrap_or_else(|| panic!("no totals in {stdout}"));
     assert!(
         sent > 3000,
-        "ran for about two seconds at 3000 msg/s: {stdout}"
+        "stopped after 3,000 records were in the topic: {stdout}"
     );
     assert!(
         stdout.contains(&format!("delivered {sent} failed 0 undelivered 0")),
@@ -110,22 +120,11 @@ fn sigterm_during_a_run_flushes_and_every_record_reported_sent_is_in_the_topic()
 #[test]
 fn rate_endpoint_changes_the_rate_and_rejects_bad_profiles() {
     let topic = create_topic("rate-http", 2);
-    let port = free_port();
-    let mut producer = ebb()
-        .args([
-            "produce",
-            "--topic",
-            &topic,
-            "--rate",
-            "100",
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}");
+    let mut command = ebb();
+    command.args(["produce", "--topic", &topic, "--rate", "100"]);
+    command.args(["--metrics-addr", "127.0.0.1:0"]);
+    let mut producer = Running::spawn(command);
+    let addr = producer.address("--metrics-addr");
     wait_until(
         "the producer's HTTP server",
         Duration::from_secs(20),
@@ -143,35 +142,32 @@ fn rate_endpoint_changes_the_rate_and_rejects_bad_profiles() {
             .1
             .contains("ebb_producer_messages_sent_total")
     );
-    producer.kill().unwrap();
-    producer.wait().unwrap();
+    producer.child.kill().unwrap();
+    producer.child.wait().unwrap();
 }
 
-/// A minimal HTTP/1.0 client: (status, body).
+/// One request to the producer's HTTP server: (status, body); (0, "") if it does not
+/// answer.
 fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
-        return (0, String::new());
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let url = format!("http://{addr}{path}");
+    let response = match method {
+        "GET" => agent.get(&url).call(),
+        "PUT" => agent.put(&url).content_type("text/plain").send(body),
+        "POST" => agent.post(&url).content_type("text/plain").send(body),
+        other => panic!("no {other} in these tests"),
     };
-    let request = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    if stream.write_all(request.as_bytes()).is_err() {
-        return (0, String::new());
+    match response {
+        Ok(mut response) => (
+            response.status().as_u16(),
+            response.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(_) => (0, String::new()),
     }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[test]
@@ -179,16 +175,19 @@ fn sighup_rereads_the_scenario_file() {
     let topic = create_topic("sighup", 2);
     let scenario = temp_file("scenario.yaml");
     std::fs::write(&scenario, "traffic: \"50\"\n").unwrap();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut producer = ebb()
-        .args(["produce", "--topic", &topic, "--metrics-addr", &addr])
+    let mut command = ebb();
+    command
+        .args([
+            "produce",
+            "--topic",
+            &topic,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
         .arg("--scenario")
-        .arg(&scenario)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .arg(&scenario);
+    let mut producer = Running::spawn(command);
+    let addr = producer.address("--metrics-addr");
     wait_until(
         "the producer's HTTP server",
         Duration::from_secs(20),
@@ -196,17 +195,21 @@ fn sighup_rereads_the_scenario_file() {
     );
     assert_eq!(http(&addr, "GET", "/rate", "").1, "50\n");
     std::fs::write(&scenario, "traffic:\n  - 200@1m\n  - 0\n").unwrap();
-    signal(&producer, libc::SIGHUP);
+    producer.signal(libc::SIGHUP);
     wait_until("the new profile", Duration::from_secs(10), || {
         http(&addr, "GET", "/rate", "").1 == "200@1m,0\n"
     });
     // A broken file keeps the running profile.
     std::fs::write(&scenario, "traffic: \"oops@\"\n").unwrap();
-    signal(&producer, libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(500));
+    producer.signal(libc::SIGHUP);
+    wait_until("the broken file refused", Duration::from_secs(10), || {
+        producer
+            .stderr()
+            .contains("SIGHUP: keeping the current profile")
+    });
     assert_eq!(http(&addr, "GET", "/rate", "").1, "200@1m,0\n");
-    producer.kill().unwrap();
-    producer.wait().unwrap();
+    producer.child.kill().unwrap();
+    producer.child.wait().unwrap();
 }
 
 #[test]
@@ -281,6 +284,7 @@ fn lag_shows_records_and_time_waiting_per_partition() {
         String::from_utf8_lossy(&drained.stderr)
     );
     produce(&topic, 90, "10000");
+    // What is measured: the time the new records have waited.
     std::thread::sleep(Duration::from_millis(1500));
 
     let out = run(&["lag", "--group", &group, "--topic", &topic, "--json"]);

@@ -69,9 +69,19 @@ fn sigterm_mid_stream_then_restart_gives_no_gaps_and_no_duplicates() {
         String::from_utf8_lossy(&out.stderr)
     );
     let before_restart = sink_lines(&file).len();
-    std::thread::sleep(Duration::from_secs(1));
+    // Records keep arriving while no consumer runs, and while the second one starts.
+    let written_at_stop = produced_so_far(&topic);
+    wait_until(
+        "records to arrive with no consumer running",
+        Duration::from_secs(30),
+        || produced_so_far(&topic) > written_at_stop + 1000,
+    );
     let second = spawn_consumer(&topic, &group, &file, &["--batch-size", "20"]);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_until(
+        "the second consumer to process records",
+        Duration::from_secs(30),
+        || sink_lines(&file).len() > before_restart + 1000,
+    );
     signal(&producer, SIGTERM);
     let produced = finish(producer, Duration::from_secs(30));
     assert!(
@@ -118,8 +128,13 @@ fn kill_9_mid_stream_then_restart_gives_no_gaps() {
     let _ = finish(first, Duration::from_secs(10));
     // A killed member stays in the group until its session times out; the restart joins
     // and takes over its partitions then.
+    let written_at_kill = produced_so_far(&topic);
     let second = spawn_consumer(&topic, &group, &second_file, &["--batch-size", "50"]);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_until(
+        "records to arrive while the second consumer starts",
+        Duration::from_secs(30),
+        || produced_so_far(&topic) > written_at_kill + 2000,
+    );
     signal(&producer, SIGTERM);
     assert!(finish(producer, Duration::from_secs(30)).status.success());
     let ends = end_offsets(&topic);
@@ -160,7 +175,11 @@ fn one_to_three_to_one_consumers_under_load_keeps_every_record_once_and_in_order
         Duration::from_secs(30),
         || sink_lines(&files[1]).len() > 300 && sink_lines(&files[2]).len() > 300,
     );
-    std::thread::sleep(Duration::from_secs(2));
+    wait_until(
+        "three consumers to share the load",
+        Duration::from_secs(30),
+        || files.iter().all(|f| sink_lines(f).len() > 1000),
+    );
     signal(&b, SIGTERM);
     signal(&c, SIGTERM);
     assert!(finish(b, Duration::from_secs(30)).status.success());
@@ -299,32 +318,15 @@ fn a_failing_sink_holds_the_partition_and_nothing_is_committed_past_it() {
     let file = temp_file("out.jsonl");
     // A directory where the sink wants its file: every write fails until it is removed.
     std::fs::create_dir_all(&file).unwrap();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let consumer = ebb()
-        .args([
-            "consume",
-            "--topic",
-            &topic,
-            "--group",
-            &group,
-            "--sink",
-            "file",
-            "--metrics-addr",
-            &addr,
-            "--retry-backoff",
-            "100ms",
-            "--retry-max-backoff",
-            "400ms",
-            "--stop-after-idle",
-            "3s",
-        ])
-        .arg("--sink-file")
-        .arg(&file)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut command = ebb();
+    command
+        .args(["consume", "--topic", &topic, "--group", &group])
+        .args(["--sink", "file", "--metrics-addr", "127.0.0.1:0"])
+        .args(["--retry-backoff", "100ms", "--retry-max-backoff", "400ms"])
+        .args(["--stop-after-idle", "3s", "--sink-file"])
+        .arg(&file);
+    let mut consumer = Running::spawn(command);
+    let addr = consumer.address("--metrics-addr");
     wait_until(
         "retries to show in /metrics",
         Duration::from_secs(30),
@@ -335,7 +337,7 @@ fn a_failing_sink_holds_the_partition_and_nothing_is_committed_past_it() {
         "nothing committed while the sink fails"
     );
     std::fs::remove_dir(&file).unwrap();
-    let out = finish(consumer, Duration::from_secs(60));
+    let out = consumer.finish(Duration::from_secs(60));
     assert!(
         out.status.success(),
         "{}",
@@ -439,9 +441,9 @@ fn batches_fill_up_while_the_worker_is_busy_instead_of_closing_small_on_the_cloc
     let sum = metric(&addr, "ebb_consumer_batch_size_records_sum").unwrap();
     let count = metric(&addr, "ebb_consumer_batch_size_records_count").unwrap();
     signal(&producer, libc::SIGTERM);
-    signal(&consumer, libc::SIGTERM);
+    consumer.signal(libc::SIGTERM);
     assert!(finish(producer, Duration::from_secs(30)).status.success());
-    assert!(finish(consumer, Duration::from_secs(60)).status.success());
+    assert!(consumer.finish(Duration::from_secs(60)).status.success());
     // 800 msg/s over 12 partitions is ~7 records per partition per 100 ms batch timeout;
     // with the sink busy, batches must grow towards 50 instead.
     assert!(
@@ -467,7 +469,8 @@ fn commits_are_acknowledged_by_the_broker_and_nothing_is_resent_or_stalled() {
     wait_until("5 acknowledged commits", Duration::from_secs(60), || {
         metric(&addr, "ebb_consumer_commits_total").is_some_and(|n| n >= 5.0)
     });
-    // Long enough for the watchdog to have looked several times.
+    // An observation window, not a wait for something to happen: the watchdog (4 s stall
+    // timeout, a look every second) must find nothing in it.
     std::thread::sleep(Duration::from_secs(6));
     let resent = metric(&addr, "ebb_consumer_commits_resent_total");
     let stalled = metric(&addr, "ebb_consumer_stalled_partitions");
@@ -484,8 +487,8 @@ fn commits_are_acknowledged_by_the_broker_and_nothing_is_resent_or_stalled() {
         Duration::from_secs(15),
         committed_up_to_the_end,
     );
-    signal(&consumer, libc::SIGTERM);
-    let out = finish(consumer, Duration::from_secs(60));
+    consumer.signal(libc::SIGTERM);
+    let out = consumer.finish(Duration::from_secs(60));
     assert!(
         out.status.success(),
         "{}",
@@ -498,4 +501,12 @@ fn commits_are_acknowledged_by_the_broker_and_nothing_is_resent_or_stalled() {
     );
     assert_eq!(stalled, Some(0.0));
     assert_eq!(stalls, None, "no stall was ever counted");
+}
+
+/// Records written to `topic` so far (the sum of its high watermarks).
+fn produced_so_far(topic: &str) -> i64 {
+    watermarks(&kafka(), topic)
+        .iter()
+        .map(|(_, high)| high)
+        .sum()
 }

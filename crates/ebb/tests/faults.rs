@@ -4,22 +4,29 @@
 //! rows in offset order, committed offsets never ahead of the table, and every malformed
 //! record in the dead-letter topic.
 //!
-//! The scenarios restart shared servers, so they run one at a time.
+//! Scenarios that restart a shared server (the broker, the database) run alone; the others
+//! run side by side.
 
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Stdio};
-use std::sync::Mutex;
+use std::process::Child;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// One scenario at a time: some stop the broker or the database every test uses.
-static SERVERS: Mutex<()> = Mutex::new(());
+/// Held shared by scenarios that only use the servers, exclusively by those that stop one.
+static SERVERS: RwLock<()> = RwLock::new(());
 
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    SERVERS.lock().unwrap_or_else(|e| e.into_inner())
+/// For a scenario that stops the broker or the database every test uses.
+fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    SERVERS.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// For a scenario that leaves the servers running.
+fn shared() -> RwLockReadGuard<'static, ()> {
+    SERVERS.read().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A topic with a producer, consumers writing to a table of their own, and the checks.
@@ -33,7 +40,7 @@ struct Pipeline {
 }
 
 struct Consumer {
-    child: Child,
+    process: Running,
     metrics: String,
 }
 
@@ -58,22 +65,34 @@ impl Pipeline {
     }
 
     fn add_consumer_with(&mut self, extra: &[&str]) {
-        let port = free_port();
-        let metrics = format!("127.0.0.1:{port}");
-        let child = ebb()
+        let mut command = ebb();
+        command
             .args(["consume", "--topic", &self.topic, "--group", &self.group])
             .args(["--sink", "postgres", "--database-url", &self.url])
             .args(["--database-table", &self.table])
             .args(["--batch-size", "100", "--batch-timeout", "0.05"])
             .args(["--retry-max-backoff", "1s", "--commit-interval", "500ms"])
             .args(["--session-timeout", "6s"])
-            .args(["--metrics-addr", &metrics])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn consumer");
-        self.consumers.push(Consumer { child, metrics });
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(extra);
+        let mut process = Running::spawn(command);
+        let metrics = process.address("--metrics-addr");
+        self.consumers.push(Consumer { process, metrics });
+    }
+
+    /// Records the group has committed, over all partitions.
+    fn committed(&self) -> i64 {
+        committed_offsets(&kafka(), &self.group, &self.topic)
+            .values()
+            .sum()
+    }
+
+    /// Waits until the group has committed `more` records past what it had committed.
+    fn progress(&self, what: &str, more: i64) {
+        let from = self.committed();
+        wait_until(what, Duration::from_secs(60), || {
+            self.committed() >= from + more
+        });
     }
 
     /// Stops the producer and returns how many records the topic holds per partition.
@@ -102,10 +121,10 @@ impl Pipeline {
     /// Stops every consumer gracefully.
     fn stop_consumers(&mut self) {
         for consumer in &self.consumers {
-            signal(&consumer.child, libc::SIGTERM);
+            consumer.process.signal(libc::SIGTERM);
         }
         for consumer in self.consumers.drain(..) {
-            finish(consumer.child, Duration::from_secs(60));
+            consumer.process.finish(Duration::from_secs(60));
         }
     }
 
@@ -181,28 +200,29 @@ impl Drop for Pipeline {
             let _ = producer.wait();
         }
         for consumer in &mut self.consumers {
-            let _ = consumer.child.kill();
-            let _ = consumer.child.wait();
+            let _ = consumer.process.child.kill();
+            let _ = consumer.process.child.wait();
         }
     }
 }
 
 #[test]
 fn consumers_killed_20_times_lose_and_duplicate_nothing() {
-    let _servers = exclusive();
+    let _servers = shared();
     let mut pipeline = Pipeline::start("fault-kill", 6, "400");
     for _ in 0..3 {
         pipeline.add_consumer();
     }
-    std::thread::sleep(Duration::from_secs(5));
+    pipeline.progress("the group to commit", 1000);
     for round in 0..20 {
         let victim = pipeline.consumers.remove(round % 3);
-        signal(&victim.child, libc::SIGKILL);
-        let _ = finish(victim.child, Duration::from_secs(10));
+        victim.process.signal(libc::SIGKILL);
+        let _ = victim.process.finish(Duration::from_secs(10));
         pipeline.add_consumer();
         // Keep the new one in the same slot so the next kill hits the next oldest.
         let replacement = pipeline.consumers.pop().expect("just added");
         pipeline.consumers.insert(round % 3, replacement);
+        // The scenario's pace: a kill every 2.5 s, faster than the group settles.
         std::thread::sleep(Duration::from_millis(2500));
     }
     // The contract holds at any moment, not only after a drain.
@@ -217,11 +237,12 @@ fn broker_restart_mid_stream_loses_and_duplicates_nothing() {
     for _ in 0..2 {
         pipeline.add_consumer();
     }
-    std::thread::sleep(Duration::from_secs(6));
+    pipeline.progress("the group to commit", 1000);
     local_service("kafka-local", "stop");
+    // The outage: the broker stays down 3 s.
     std::thread::sleep(Duration::from_secs(3));
     local_service("kafka-local", "start");
-    std::thread::sleep(Duration::from_secs(8));
+    pipeline.progress("commits to resume after the restart", 1000);
     pipeline.audit();
     pipeline.drain_and_audit(0);
 }
@@ -237,7 +258,7 @@ fn database_down_for_10_s_holds_partitions_and_loses_nothing() {
     wait_until("the consumer to be ready", Duration::from_secs(30), || {
         ready(&metrics) == Some(true)
     });
-    std::thread::sleep(Duration::from_secs(3));
+    pipeline.progress("the group to commit", 600);
     local_service("postgres-local", "stop");
     let down = Instant::now();
     // Not ready while its writes fail.
@@ -246,10 +267,11 @@ fn database_down_for_10_s_holds_partitions_and_loses_nothing() {
         Duration::from_secs(8),
         || ready(&metrics) == Some(false),
     );
-    // Batches written just before the stop are committed within a commit interval; after
-    // that, nothing may move while the table cannot be written.
-    std::thread::sleep(Duration::from_secs(3));
+    // Batches written just before the stop are committed within a commit interval
+    // (500 ms); after that, nothing may move while the table cannot be written.
+    std::thread::sleep(Duration::from_secs(2));
     let committed_during = committed_offsets(&kafka(), &pipeline.group, &pipeline.topic);
+    // The outage lasts 10 s; nothing may be committed in the rest of it.
     std::thread::sleep(Duration::from_secs(10).saturating_sub(down.elapsed()));
     assert_eq!(
         committed_offsets(&kafka(), &pipeline.group, &pipeline.topic),
@@ -293,13 +315,14 @@ fn an_idle_consumer_is_not_ready_while_the_database_is_down() {
 
 #[test]
 fn consumers_joining_and_leaving_every_2_s_for_a_minute_lose_nothing() {
-    let _servers = exclusive();
+    let _servers = shared();
     let mut pipeline = Pipeline::start("fault-churn", 8, "400");
     pipeline.add_consumer();
     pipeline.add_consumer();
     let started = Instant::now();
     let mut step = 0u32;
     while started.elapsed() < Duration::from_secs(60) {
+        // The scenario's pace: a member joins or leaves every 2 s.
         std::thread::sleep(Duration::from_secs(2));
         step += 1;
         // Between 1 and 4 consumers: grow on odd steps, shrink on even ones, with a
@@ -313,8 +336,8 @@ fn consumers_joining_and_leaving_every_2_s_for_a_minute_lose_nothing() {
             pipeline.add_consumer();
         } else {
             let leaving = pipeline.consumers.remove(0);
-            signal(&leaving.child, libc::SIGTERM);
-            let _ = finish(leaving.child, Duration::from_secs(40));
+            leaving.process.signal(libc::SIGTERM);
+            let _ = leaving.process.finish(Duration::from_secs(40));
         }
     }
     pipeline.audit();
@@ -323,7 +346,7 @@ fn consumers_joining_and_leaving_every_2_s_for_a_minute_lose_nothing() {
 
 #[test]
 fn a_thousand_malformed_records_go_to_the_dead_letter_topic_and_the_rest_to_the_table() {
-    let _servers = exclusive();
+    let _servers = shared();
     let mut pipeline = Pipeline::start("fault-malformed", 6, "300");
     pipeline.add_consumer();
     pipeline.add_consumer();
@@ -349,6 +372,7 @@ fn a_thousand_malformed_records_go_to_the_dead_letter_topic_and_the_rest_to_the_
             })
             .collect();
         produce_raw(&kafka(), &pipeline.topic, &records);
+        // Bursts spread over 4 s of the live stream.
         std::thread::sleep(Duration::from_millis(200));
     }
     let (topic, _) = pipeline.drain_and_audit(1000);

@@ -26,7 +26,6 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -266,83 +265,9 @@ impl Drop for Tier {
     }
 }
 
-/// `ebb keda-scaler` on free 127.0.0.1 ports, its log in a file; stopped on drop.
-struct ScalerProcess {
-    child: Child,
-    grpc: String,
-    http: String,
-    log: std::path::PathBuf,
-}
-
-impl ScalerProcess {
-    fn start() -> Self {
-        let grpc = format!("127.0.0.1:{}", free_port());
-        let http = format!("127.0.0.1:{}", free_port());
-        let log = temp_file("keda-scaler.log");
-        let file = || std::fs::File::create(&log).expect("scaler log");
-        let mut child = ebb()
-            .args(["keda-scaler", "--addr", &grpc, "--metrics-addr", &http])
-            .stdout(Stdio::null())
-            .stderr(file())
-            .spawn()
-            .expect("start ebb keda-scaler");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http_get(&format!("http://{http}/readyz")).map(|(s, _)| s) != Some(200) {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "ebb keda-scaler exited with {status}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ebb keda-scaler not ready in 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        ScalerProcess {
-            child,
-            grpc,
-            http,
-            log,
-        }
-    }
-
-    fn metrics(&self) -> String {
-        http_get(&format!("http://{}/metrics", self.http)).map_or_else(String::new, |(_, b)| b)
-    }
-
-    /// The sample of `series` (name and labels, exactly as exported), 0 when absent.
-    fn sample(&self, series: &str) -> f64 {
-        self.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    fn is_active_calls(&self) -> f64 {
-        self.sample("ebb_keda_scaler_calls_total{method=\"IsActive\",code=\"Ok\"}")
-    }
-}
-
-impl Drop for ScalerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            eprintln!(
-                "--- ebb keda-scaler's last lines:\n{}",
-                lines[lines.len().saturating_sub(20)..].join("\n")
-            );
-        }
-    }
-}
-
-fn http_get(url: &str) -> Option<(u16, String)> {
-    ebb_core::http::get(url, None, Duration::from_secs(2)).ok()
+/// ebb keda-scaler's successful IsActive calls so far.
+fn is_active_calls(scaler: &ScalerProcess) -> f64 {
+    scaler.sample("ebb_keda_scaler_calls_total{method=\"IsActive\",code=\"Ok\"}")
 }
 
 /// Chart values shared by both modes.
@@ -404,7 +329,7 @@ fn consume_all(topic: &str, group: &str) {
 #[test]
 fn ebb_rate_mode_keda_calls_ebb_keda_scaler_and_scales_zero_one_zero() {
     let tier = Tier::new("keda-op-rate");
-    let scaler = ScalerProcess::start();
+    let scaler = ScalerProcess::start(&[]);
     let topic = create_topic("keda-op-rate", PARTITIONS);
     let group = unique("keda-op-rate-group");
 
@@ -437,10 +362,10 @@ fn ebb_rate_mode_keda_calls_ebb_keda_scaler_and_scales_zero_one_zero() {
 
     // Nothing waits, nothing arrives: the Deployment stays at 0 over three more of KEDA's
     // polls (each poll calls GetMetricSpec, GetMetrics and IsActive once).
-    let calls = scaler.is_active_calls();
+    let calls = is_active_calls(&scaler);
     tier.wait("three more polls of the scaler by KEDA", || {
         assert_eq!(tier.replicas(), Some(0), "scaled up with an empty topic");
-        scaler.is_active_calls() >= calls + 3.0
+        is_active_calls(&scaler) >= calls + 3.0
     });
     assert_eq!(
         scaler.sample(&format!(
@@ -455,7 +380,7 @@ fn ebb_rate_mode_keda_calls_ebb_keda_scaler_and_scales_zero_one_zero() {
         tier.replicas() == Some(1)
     });
     eprintln!("{}: 0 -> 1 {took:?} after producing", tier.namespace);
-    assert!(scaler.is_active_calls() > 0.0);
+    assert!(is_active_calls(&scaler) > 0.0);
     tier.wait("the ScaledObject's Active condition", || {
         tier.condition("Active") == "True"
     });

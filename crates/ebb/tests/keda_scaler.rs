@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -15,53 +15,6 @@ use ebb_scaling::keda::PartitionOffsets;
 use ebb_scaling::policy::{EbbRate, Observation, Policy};
 use ebb_testkit::kube::tool;
 use serde_json::Value;
-
-/// A running `ebb keda-scaler`, stopped on drop.
-struct ScalerProcess {
-    child: Child,
-    grpc: String,
-    http: String,
-}
-
-impl ScalerProcess {
-    fn start(extra: &[&str]) -> Self {
-        let grpc = format!("127.0.0.1:{}", free_port());
-        let http = format!("127.0.0.1:{}", free_port());
-        let child = ebb()
-            .args(["keda-scaler", "--addr", &grpc, "--metrics-addr", &http])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ebb keda-scaler");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while ebb_core_get(&format!("http://{http}/readyz")).map(|(s, _)| s) != Some(200) {
-            assert!(
-                Instant::now() < deadline,
-                "ebb keda-scaler not ready in 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        ScalerProcess { child, grpc, http }
-    }
-
-    fn metrics(&self) -> String {
-        ebb_core_get(&format!("http://{}/metrics", self.http))
-            .expect("GET /metrics")
-            .1
-    }
-}
-
-impl Drop for ScalerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn ebb_core_get(url: &str) -> Option<(u16, String)> {
-    ebb_core::http::get(url, None, Duration::from_secs(2)).ok()
-}
 
 /// Runs KEDA's client (IsActive, GetMetricSpec, GetMetrics) for one ScaledObject.
 fn run_keda_client(

@@ -1436,6 +1436,25 @@ impl Process {
         }
     }
 
+    /// The address it logged for `setting` (an ebb process started on port 0).
+    fn address(&mut self, setting: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(addr) = listening_address(&log, setting) {
+                return addr;
+            }
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "{} logged no address for {setting} in 30 s; its log:\n{}",
+                self.name,
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -1460,10 +1479,6 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn http_get(url: &str) -> Option<(u16, String)> {
-    ebb_core::http::get(url, None, Duration::from_secs(5)).ok()
 }
 
 fn wait_http_ok(process: &mut Process, url: &str, limit: Duration) {
@@ -1575,21 +1590,7 @@ fn dashboard_and_alerts_use_what_ebb_exports_and_prometheus_answers_them() {
     let pg_group = unique("obs-pg");
     let table = unique("obs_trades").replace('-', "_");
 
-    // ebb's processes, each with its /metrics on a port of its own.
-    let ports: BTreeMap<&str, u16> = [
-        "producer",
-        "consumer-file",
-        "consumer-postgres",
-        "keda-scaler",
-        "keda-scaler-grpc",
-        "prometheus",
-    ]
-    .into_iter()
-    .map(|name| (name, free_port()))
-    .collect();
-    let metrics_url = |name: &str| format!("http://127.0.0.1:{}/metrics", ports[name]);
-    let addr = |name: &str| format!("127.0.0.1:{}", ports[name]);
-
+    // ebb's processes, each with its /metrics on a port of its own (port 0: each says which).
     let mut producer = ebb();
     producer.args([
         "produce",
@@ -1598,7 +1599,7 @@ fn dashboard_and_alerts_use_what_ebb_exports_and_prometheus_answers_them() {
         "--rate",
         "200",
         "--metrics-addr",
-        &addr("producer"),
+        "127.0.0.1:0",
     ]);
     let mut consumer = consume_command(&topic, &group);
     consumer
@@ -1606,7 +1607,7 @@ fn dashboard_and_alerts_use_what_ebb_exports_and_prometheus_answers_them() {
         .arg(dir.join("trades.jsonl"))
         .args([
             "--metrics-addr",
-            &addr("consumer-file"),
+            "127.0.0.1:0",
             "--batch-processing-time",
             "0",
         ]);
@@ -1619,15 +1620,15 @@ fn dashboard_and_alerts_use_what_ebb_exports_and_prometheus_answers_them() {
         "--database-table",
         &table,
         "--metrics-addr",
-        &addr("consumer-postgres"),
+        "127.0.0.1:0",
     ]);
     let mut scaler = ebb();
     scaler.args([
         "keda-scaler",
         "--addr",
-        &addr("keda-scaler-grpc"),
+        "127.0.0.1:0",
         "--metrics-addr",
-        &addr("keda-scaler"),
+        "127.0.0.1:0",
     ]);
     let mut processes = vec![
         Process::start("ebb-produce", producer, &dir),
@@ -1635,6 +1636,20 @@ fn dashboard_and_alerts_use_what_ebb_exports_and_prometheus_answers_them() {
         Process::start("ebb-consume-postgres", pg_consumer, &dir),
         Process::start("ebb-keda-scaler", scaler, &dir),
     ];
+    let mut addrs: BTreeMap<&str, String> = BTreeMap::new();
+    for (process, name) in processes.iter_mut().zip([
+        "producer",
+        "consumer-file",
+        "consumer-postgres",
+        "keda-scaler",
+    ]) {
+        addrs.insert(name, process.address("--metrics-addr"));
+    }
+    addrs.insert("keda-scaler-grpc", processes[3].address("--addr"));
+    // Prometheus is not ebb and does not report a port it was given as 0: probe one.
+    addrs.insert("prometheus", format!("127.0.0.1:{}", free_port()));
+    let addr = |name: &str| addrs[name].clone();
+    let metrics_url = |name: &str| format!("http://{}/metrics", addrs[name]);
     for (process, name) in processes.iter_mut().zip([
         "producer",
         "consumer-file",

@@ -76,8 +76,8 @@ fn a_replayed_topic_changes_nothing_in_the_table() {
     // Runs a consumer to its idle stop; returns its rows written and replayed, as its
     // metrics last said.
     let consume = |group: &str| {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut child = ebb()
+        let mut command = ebb();
+        command
             .args(["consume", "--topic", &topic, "--group", group])
             .args(["--sink", "postgres", "--database-url", &url])
             .args([
@@ -86,14 +86,12 @@ fn a_replayed_topic_changes_nothing_in_the_table() {
                 "--database-table",
                 &table,
             ])
-            .args(["--stop-after-idle", "3s", "--metrics-addr", &addr])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn consumer");
+            .args(["--stop-after-idle", "3s", "--metrics-addr", "127.0.0.1:0"]);
+        let mut consumer = Running::spawn(command);
+        let addr = consumer.address("--metrics-addr");
         let mut seen = (0.0, 0.0);
         let started = std::time::Instant::now();
-        while child.try_wait().expect("try_wait").is_none() {
+        while consumer.child.try_wait().expect("try_wait").is_none() {
             assert!(
                 started.elapsed() < std::time::Duration::from_secs(60),
                 "no idle stop"
@@ -106,7 +104,7 @@ fn a_replayed_topic_changes_nothing_in_the_table() {
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        let out = child.wait_with_output().expect("output");
+        let out = consumer.finish(std::time::Duration::from_secs(10));
         assert!(
             out.status.success(),
             "{}",

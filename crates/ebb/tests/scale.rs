@@ -23,39 +23,41 @@ fn worker_pids(port_base: u16) -> Vec<i32> {
         .collect()
 }
 
+/// Starts `ebb scale` with its HTTP on port 0; returns it and that address.
 fn spawn_scale(
     topic: &str,
     group: &str,
-    addr: &str,
     port_base: u16,
     extra: &[&str],
     worker: &[&str],
-) -> std::process::Child {
-    ebb()
-        .args([
-            "scale",
-            "--topic",
-            topic,
-            "--group",
-            group,
-            "--metrics-addr",
-            addr,
-            "--interval",
-            "1s",
-        ])
+) -> (Running, String) {
+    let mut command = ebb();
+    command
+        .args(["scale", "--topic", topic, "--group", group])
+        .args(["--metrics-addr", "127.0.0.1:0", "--interval", "1s"])
         .args(["--worker-port-base", &port_base.to_string()])
         .args(extra)
         .arg("--")
-        .args(worker)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+        .args(worker);
+    let mut scale = Running::spawn(command);
+    let addr = scale.address("--metrics-addr");
+    (scale, addr)
 }
 
-/// A port range of ten free-looking ports, as a base ending in 0.
+/// A base for the workers' ports, ending in 0 (the supervisor gives worker N port
+/// base + N - 1, so they are found by pgrep). The supervisor assigns worker ports itself,
+/// so this stays a chosen range rather than port 0: ten ports that bind now.
 fn port_base() -> u16 {
-    (free_port() / 10).max(2000) * 10
+    loop {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+        let base = (probe.local_addr().expect("port").port() / 10).max(2000) * 10;
+        drop(probe);
+        let free =
+            (base..base + 10).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if free {
+            return base;
+        }
+    }
 }
 
 #[test]
@@ -69,12 +71,10 @@ fn keda_lag_scales_up_under_lag_drains_and_scales_to_zero() {
         "spec:\n  pollingInterval: 1\n  cooldownPeriod: 3\n  maxReplicaCount: 4\n  triggers:\n    - type: kafka\n      metadata: {lagThreshold: \"500\"}\n",
     )
     .unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
     let base = port_base();
-    let scale = spawn_scale(
+    let (scale, addr) = spawn_scale(
         &topic,
         &group,
-        &addr,
         base,
         &[
             "--policy",
@@ -99,8 +99,8 @@ fn keda_lag_scales_up_under_lag_drains_and_scales_to_zero() {
         Duration::from_secs(60),
         || metric(&addr, "ebb_scale_current_replicas") == Some(0.0),
     );
-    signal(&scale, libc::SIGTERM);
-    let out = finish(scale, Duration::from_secs(60));
+    scale.signal(libc::SIGTERM);
+    let out = scale.finish(Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
@@ -116,12 +116,10 @@ fn a_killed_worker_is_replaced_and_no_record_is_lost() {
     let group = unique("g");
     let file = temp_file("out.jsonl");
     let producer = spawn_producer(&topic, "300");
-    let addr = format!("127.0.0.1:{}", free_port());
     let base = port_base();
-    let scale = spawn_scale(
+    let (scale, addr) = spawn_scale(
         &topic,
         &group,
-        &addr,
         base,
         &[
             "--policy",
@@ -167,8 +165,13 @@ fn a_killed_worker_is_replaced_and_no_record_is_lost() {
     wait_until("every record in the sink", Duration::from_secs(120), || {
         audit(&[&file], &ends).gaps == 0
     });
-    signal(&scale, libc::SIGTERM);
-    assert!(finish(scale, Duration::from_secs(60)).status.success());
+    scale.signal(libc::SIGTERM);
+    let out = scale.finish(Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let audit = audit(&[&file], &ends);
     assert_eq!(audit.gaps, 0, "{audit:?}");
     assert!(worker_pids(base).is_empty(), "no worker left behind");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 pub use ebb_testkit::{
     RawRecord, committed_offsets, free_port, kafka, local_service, postgres, produce_raw, psql,
-    read_topic, unique,
+    read_topic, unique, watermarks,
 };
 
 /// `ebb` with a clean environment for its settings, pointed at the test broker.
@@ -112,17 +112,155 @@ pub fn spawn_consumer(topic: &str, group: &str, file: &Path, extra: &[&str]) -> 
 }
 
 /// Starts `ebb consume` with the sim sink, no dead-letter topic and its metrics on a port
-/// of its own; returns the child and the metrics address.
-pub fn spawn_consumer_with_metrics(topic: &str, group: &str, extra: &[&str]) -> (Child, String) {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let child = consume_command(topic, group)
-        .args(["--metrics-addr", &addr, "--dead-letter-topic", "none"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn consumer");
-    (child, addr)
+/// of its own; returns it and the metrics address.
+pub fn spawn_consumer_with_metrics(topic: &str, group: &str, extra: &[&str]) -> (Running, String) {
+    let mut command = consume_command(topic, group);
+    command
+        .args([
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--dead-letter-topic",
+            "none",
+        ])
+        .args(extra);
+    let mut consumer = Running::spawn(command);
+    let addr = consumer.address("--metrics-addr");
+    (consumer, addr)
+}
+
+/// A running `ebb` whose standard error goes to a file, so that the addresses it logs
+/// (`Listening on http://ADDR (SETTING)`) can be read while it runs: servers are started
+/// on port 0 and tell which port they got, so no two tests race for one.
+pub struct Running {
+    pub child: Child,
+    stderr: PathBuf,
+}
+
+impl Running {
+    /// Starts `command` with stdout piped and stderr to a fresh file.
+    pub fn spawn(mut command: Command) -> Running {
+        let stderr = temp_file("stderr.log");
+        let file = std::fs::File::create(&stderr).expect("stderr file");
+        let child = command
+            .stdout(Stdio::piped())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        Running { child, stderr }
+    }
+
+    /// What it has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// The `host:port` it listens on for `setting` (as in `--metrics-addr`), once it says
+    /// so; panics with its stderr if it exits first or takes over 30 s.
+    pub fn address(&mut self, setting: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let log = self.stderr();
+            if let Some(addr) = listening_address(&log, setting) {
+                return addr;
+            }
+            let exited = self.child.try_wait().expect("try_wait").is_some();
+            assert!(
+                !exited && started.elapsed() < Duration::from_secs(30),
+                "no \"Listening on ... ({setting}\" line; stderr:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends it `signal`.
+    pub fn signal(&self, signal_number: i32) {
+        signal(&self.child, signal_number);
+    }
+
+    /// Waits for it to exit (killing it after `limit`); its output, stderr included.
+    pub fn finish(self, limit: Duration) -> Output {
+        let mut out = finish(self.child, limit);
+        out.stderr = std::fs::read(&self.stderr).unwrap_or_default();
+        out
+    }
+}
+
+/// The `host:port` of the first `Listening on SCHEME://ADDR (SETTING ...)` line of an ebb
+/// log whose setting starts with `setting` (as `--metrics-addr`).
+pub fn listening_address(log: &str, setting: &str) -> Option<String> {
+    log.lines().find_map(|line| {
+        let rest = line.split("Listening on ").nth(1)?;
+        let (url, named) = rest.split_once(" (")?;
+        let addr = url.split_once("://").map_or(url, |(_, addr)| addr);
+        named.starts_with(setting).then(|| addr.to_string())
+    })
+}
+
+/// A running `ebb keda-scaler`, gRPC and HTTP on ports of its own, ready; stopped on drop
+/// (its last log lines printed if the test is failing).
+pub struct ScalerProcess {
+    pub process: Running,
+    /// gRPC `host:port`.
+    pub grpc: String,
+    /// `/metrics`, `/readyz` `host:port`.
+    pub http: String,
+}
+
+impl ScalerProcess {
+    pub fn start(extra: &[&str]) -> Self {
+        let mut command = ebb();
+        command
+            .args(["keda-scaler", "--addr", "127.0.0.1:0"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(extra);
+        let mut process = Running::spawn(command);
+        let grpc = process.address("--addr");
+        let http = process.address("--metrics-addr");
+        wait_until(
+            "ebb keda-scaler to be ready",
+            Duration::from_secs(20),
+            || http_get(&format!("http://{http}/readyz")).is_some_and(|(status, _)| status == 200),
+        );
+        ScalerProcess {
+            process,
+            grpc,
+            http,
+        }
+    }
+
+    /// Its `/metrics` text (empty if it does not answer).
+    pub fn metrics(&self) -> String {
+        http_get(&format!("http://{}/metrics", self.http)).map_or_else(String::new, |(_, b)| b)
+    }
+
+    /// The sample of `series` (name and labels, exactly as exported), 0 when absent.
+    pub fn sample(&self, series: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for ScalerProcess {
+    fn drop(&mut self) {
+        let _ = self.process.child.kill();
+        let _ = self.process.child.wait();
+        if std::thread::panicking() {
+            let text = self.process.stderr();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!(
+                "--- ebb keda-scaler's last lines:\n{}",
+                lines[lines.len().saturating_sub(20)..].join("\n")
+            );
+        }
+    }
+}
+
+/// A GET of one of ebb's endpoints: status and body, `None` if it does not answer in 2 s.
+pub fn http_get(url: &str) -> Option<(u16, String)> {
+    ebb_core::http::get(url, None, Duration::from_secs(2)).ok()
 }
 
 /// Sends `signal` to a child.
@@ -259,11 +397,12 @@ pub fn end_offsets(topic: &str) -> HashMap<i32, i64> {
 
 /// One sample's value from a Prometheus endpoint (the line whose name matches exactly).
 pub fn metric(addr: &str, name: &str) -> Option<f64> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).ok()?;
+    let (_, body) = ebb_core::http::get(
+        &format!("http://{addr}/metrics"),
+        None,
+        Duration::from_secs(5),
+    )
+    .ok()?;
     body.lines()
         .find(|l| l.split_whitespace().next() == Some(name))?
         .rsplit(' ')
