@@ -6,6 +6,7 @@
 //! - [`lag`]: a consumer group's lag per partition, in records and in time;
 //! - [`trade`]: the trade record, its generator, its validation and its decoder;
 //! - [`producer`]: the rate-controlled trade producer;
+//! - [`control`]: the producer's `/rate` endpoint and who may change the rate;
 //! - [`consumer`]: the micro-batch consumer runtime, generic over a record
 //!   [`Decoder`](consumer::Decoder) and a [`Sink`](consumer::Sink), and the built-in sinks;
 //! - [`postgres`]: the trades table, its idempotent batch insert and the reads of audits;
@@ -15,6 +16,7 @@
 pub mod admin;
 pub mod audit;
 pub mod consumer;
+pub mod control;
 pub mod http;
 pub mod kafka;
 pub mod lag;

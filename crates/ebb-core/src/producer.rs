@@ -480,29 +480,3 @@ impl Reporter {
         self.last_failed = failed;
     }
 }
-
-/// `GET /rate` shows the profile in force; `PUT` or `POST /rate` with a profile as the
-/// body (e.g. `5000`, or `0..5000@1m,5000`) replaces it at once. A bad profile is a 400
-/// whose body says what is wrong.
-pub fn rate_routes(control: Arc<RateControl>) -> axum::Router {
-    use axum::extract::State;
-    use axum::http::StatusCode;
-    use axum::routing::get;
-
-    async fn show(State(control): State<Arc<RateControl>>) -> String {
-        format!("{}\n", control.get())
-    }
-    async fn change(State(control): State<Arc<RateControl>>, body: String) -> (StatusCode, String) {
-        match body.trim().parse::<RateProfile>() {
-            Ok(profile) => {
-                let text = profile.to_string();
-                control.set(profile);
-                (StatusCode::OK, format!("{text}\n"))
-            }
-            Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")),
-        }
-    }
-    axum::Router::new()
-        .route("/rate", get(show).put(change).post(change))
-        .with_state(control)
-}

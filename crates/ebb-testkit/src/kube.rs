@@ -6,7 +6,7 @@
 //! runtime. Objects are stored, defaulted and validated by the real API server, which is
 //! what a deploy check needs. [`KedaOperator`] runs the real KEDA operator against it.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -434,16 +434,17 @@ impl Drop for KedaOperator {
     }
 }
 
-/// A plain HTTP/1.0 GET on `addr`: (status, body), or None if it cannot connect or read.
+/// A GET of `http://{addr}{path}`: (status, body), or None if it does not answer in 5 s.
 fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Some((status, body.to_string()))
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .proxy(None)
+        .build()
+        .into();
+    let mut response = agent.get(&format!("http://{addr}{path}")).call().ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.body_mut().read_to_string().ok()?))
 }
 
 fn tail_lines(path: &Path, lines: usize, keep: impl Fn(&str) -> bool) -> String {

@@ -150,8 +150,9 @@ pub struct ConsumeArgs {
     #[arg(long, env = "EBB_STOP_AFTER_IDLE", value_parser = parse_duration)]
     stop_after_idle: Option<Duration>,
 
-    /// Address for /metrics, /healthz and /readyz.
-    #[arg(long, env = "EBB_METRICS_ADDR", default_value = "0.0.0.0:8000")]
+    /// Address for /metrics, /healthz and /readyz. Loopback by default; the Helm chart
+    /// sets 0.0.0.0 (or [::]).
+    #[arg(long, env = "EBB_METRICS_ADDR", default_value = "127.0.0.1:8000")]
     metrics_addr: SocketAddr,
 
     /// At exit, write what the run did (processed, dead_lettered, batches, active_s,
@@ -298,13 +299,12 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     if let Some(database) = database {
         tokio::spawn(database.watch(probes.clone(), args.database.database_check_interval));
     }
-    let bound = serve(
+    serve(
         args.metrics_addr,
         standard_routes(Arc::new(registry), probes.clone()),
         "--metrics-addr / EBB_METRICS_ADDR",
     )
     .await?;
-    tracing::info!("Metrics available at {bound}/metrics");
 
     let running = start(
         &args.kafka.options()?,

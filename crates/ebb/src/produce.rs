@@ -10,10 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use ebb_core::admin::Admin;
+use ebb_core::control::{RateChanges, rate_routes};
 use ebb_core::http::{Probes, serve, standard_routes};
-use ebb_core::producer::{
-    ProducerMetrics, ProducerSettings, RateControl, TradeProducer, rate_routes,
-};
+use ebb_core::producer::{ProducerMetrics, ProducerSettings, RateControl, TradeProducer};
 use ebb_scaling::RateProfile;
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{SignalKind, signal};
@@ -84,13 +83,22 @@ pub struct ProduceArgs {
     #[arg(long, env = "EBB_FLUSH_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     flush_timeout: Duration,
 
-    /// Address for /metrics, /healthz, /readyz and /rate.
+    /// Address for /metrics, /healthz, /readyz and /rate. Loopback by default; the Helm
+    /// chart sets 0.0.0.0 (or [::]).
     #[arg(
         long,
         env = "EBB_PRODUCER_METRICS_ADDR",
-        default_value = "0.0.0.0:8001"
+        default_value = "127.0.0.1:8001"
     )]
     metrics_addr: SocketAddr,
+
+    /// File holding the token that `PUT`/`POST /rate` must carry as `Authorization: Bearer
+    /// <token>` (surrounding whitespace ignored; a Kubernetes Secret mounted as a file).
+    /// Default: none, and then rate changes are accepted only on a loopback
+    /// --metrics-addr and refused (403) on any other. `GET /rate` and the probes never
+    /// need it.
+    #[arg(long, env = "EBB_CONTROL_TOKEN_FILE")]
+    control_token_file: Option<PathBuf>,
 
     /// At exit, write what the run did (sent, delivered, failed, undelivered, skipped,
     /// elapsed_s, first_error) as a JSON object to this file, atomically (a temporary file
@@ -100,6 +108,25 @@ pub struct ProduceArgs {
 
     #[command(flatten)]
     kafka: KafkaArgs,
+}
+
+/// The control token in `path`, trimmed; a usage error naming the file if it cannot be
+/// read or is empty. The token itself never appears in an error.
+fn read_control_token(path: &std::path::Path) -> Result<String, UsageError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        UsageError(format!(
+            "--control-token-file / EBB_CONTROL_TOKEN_FILE: cannot read {}: {e}",
+            path.display()
+        ))
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(UsageError(format!(
+            "--control-token-file / EBB_CONTROL_TOKEN_FILE: {} is empty; put the token in it",
+            path.display()
+        )));
+    }
+    Ok(token.to_string())
 }
 
 fn read_scenario(path: &PathBuf) -> anyhow::Result<RateProfile> {
@@ -126,8 +153,20 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<ExitCode> {
     let metrics = ProducerMetrics::register(&mut registry);
     let control = Arc::new(RateControl::new(profile.clone()));
     let probes = Arc::new(Probes::default());
-    let routes =
-        standard_routes(Arc::new(registry), probes.clone()).merge(rate_routes(control.clone()));
+    let token = args
+        .control_token_file
+        .as_deref()
+        .map(read_control_token)
+        .transpose()?;
+    let changes = RateChanges::for_listener(args.metrics_addr, token.as_deref());
+    if matches!(changes, RateChanges::Refused) {
+        tracing::info!(
+            "PUT /rate is off: {} is not loopback and no --control-token-file was given",
+            args.metrics_addr
+        );
+    }
+    let routes = standard_routes(Arc::new(registry), probes.clone())
+        .merge(rate_routes(control.clone(), changes));
     let bound = serve(
         args.metrics_addr,
         routes,

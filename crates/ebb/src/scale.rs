@@ -77,8 +77,8 @@ pub struct ScaleArgs {
     /// How long a stopping worker may take before it is killed.
     #[arg(long, env = "EBB_STOP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     stop_timeout: Duration,
-    /// Address for the supervisor's /metrics, /healthz and /readyz.
-    #[arg(long, env = "EBB_SCALE_METRICS_ADDR", default_value = "0.0.0.0:9100")]
+    /// Address for the supervisor's /metrics, /healthz and /readyz. Loopback by default.
+    #[arg(long, env = "EBB_SCALE_METRICS_ADDR", default_value = "127.0.0.1:9100")]
     metrics_addr: SocketAddr,
     /// Workers serve their metrics on 127.0.0.1 from this port up.
     #[arg(long, env = "EBB_WORKER_PORT_BASE", default_value_t = 9200)]
@@ -575,11 +575,23 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
         ("KAFKA_TOPIC", args.topic.clone()),
         ("CONSUMER_GROUP", args.group.clone()),
     ];
+    // A password from a file reaches the workers as that file, not as its content.
+    let password_file = args
+        .kafka
+        .sasl_password_file
+        .as_ref()
+        .map(|p| p.display().to_string());
+    let password = match password_file {
+        Some(_) => ("KAFKA_SASL_PASSWORD_FILE", &password_file),
+        None => ("KAFKA_SASL_PASSWORD", &kafka.sasl_password),
+    };
     for (key, value) in [
         ("KAFKA_SASL_MECHANISM", &kafka.sasl_mechanism),
         ("KAFKA_SASL_USERNAME", &kafka.sasl_username),
-        ("KAFKA_SASL_PASSWORD", &kafka.sasl_password),
+        password,
         ("KAFKA_SSL_CA_LOCATION", &kafka.ssl_ca_location),
+        ("KAFKA_SSL_CERTIFICATE_LOCATION", &kafka.ssl_certificate_location),
+        ("KAFKA_SSL_KEY_LOCATION", &kafka.ssl_key_location),
         ("AWS_REGION", &kafka.aws_region),
     ] {
         if let Some(value) = value {

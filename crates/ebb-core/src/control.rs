@@ -1,0 +1,293 @@
+//! The producer's control endpoint, `/rate`, and who may use it.
+//!
+//! `GET /rate` shows the profile in force, like `/metrics` it only reads. `PUT` or
+//! `POST /rate` replaces the profile, so it changes what the producer does: it needs the
+//! control token (`Authorization: Bearer <token>`) when one is set, and without one it is
+//! served only on a loopback listener, where only this machine reaches it. A producer in a
+//! cluster (the Helm chart binds `0.0.0.0`) therefore refuses rate changes unless it was
+//! given a token. Bodies are small profiles: anything over [`MAX_BODY_BYTES`] is refused
+//! with 413 before it is read whole, a profile that does not parse with 400.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::get;
+use ebb_scaling::RateProfile;
+use sha2::{Digest, Sha256};
+
+use crate::producer::RateControl;
+
+/// The largest rate-change body accepted; a profile is a few dozen bytes.
+pub const MAX_BODY_BYTES: usize = 4096;
+
+/// Who may change the rate.
+#[derive(Clone)]
+pub enum RateChanges {
+    /// Requests carrying this bearer token (its SHA-256, so the token itself is not kept
+    /// around or compared byte by byte in variable time).
+    Token([u8; 32]),
+    /// Anyone who reaches the listener: only for loopback listeners.
+    Loopback,
+    /// Nobody: a listener beyond loopback with no token set.
+    Refused,
+}
+
+impl RateChanges {
+    /// The policy for a listener on `bound` with an optional control token.
+    pub fn for_listener(bound: SocketAddr, token: Option<&str>) -> Self {
+        match token {
+            Some(token) => RateChanges::Token(Sha256::digest(token.as_bytes()).into()),
+            None if bound.ip().is_loopback() => RateChanges::Loopback,
+            None => RateChanges::Refused,
+        }
+    }
+
+    /// Whether a request with these headers may change the rate; the refusal's status and
+    /// text otherwise.
+    fn admit(&self, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
+        match self {
+            RateChanges::Loopback => Ok(()),
+            RateChanges::Refused => Err((
+                StatusCode::FORBIDDEN,
+                "rate changes are off on a listener beyond loopback without a control token: start the producer with --control-token-file (EBB_CONTROL_TOKEN_FILE) and send Authorization: Bearer <token>\n",
+            )),
+            RateChanges::Token(expected) => {
+                let offered = headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.strip_prefix("Bearer "))
+                    .map(|token| Sha256::digest(token.trim().as_bytes()));
+                match offered {
+                    Some(digest) if same(&digest, expected) => Ok(()),
+                    _ => Err((
+                        StatusCode::UNAUTHORIZED,
+                        "rate changes need the control token: send Authorization: Bearer <token>\n",
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// Compares two digests in time independent of where they differ.
+fn same(a: &[u8], b: &[u8; 32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Clone)]
+struct Control {
+    rate: Arc<RateControl>,
+    changes: RateChanges,
+}
+
+/// `/rate`: `GET` shows the profile; `PUT`/`POST` with a profile as the body (e.g. `5000`,
+/// or `0..5000@1m,5000`) replaces it at once, for those `changes` admits.
+pub fn rate_routes(rate: Arc<RateControl>, changes: RateChanges) -> Router {
+    async fn show(State(control): State<Control>) -> String {
+        format!("{}\n", control.rate.get())
+    }
+    async fn change(
+        State(control): State<Control>,
+        headers: HeaderMap,
+        body: String,
+    ) -> (StatusCode, String) {
+        if let Err((status, text)) = control.changes.admit(&headers) {
+            return (status, text.to_string());
+        }
+        match body.trim().parse::<RateProfile>() {
+            Ok(profile) => {
+                let text = profile.to_string();
+                tracing::info!("Rate changed over HTTP to {text}");
+                control.rate.set(profile);
+                (StatusCode::OK, format!("{text}\n"))
+            }
+            Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")),
+        }
+    }
+    Router::new()
+        .route("/rate", get(show).put(change).post(change))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(Control { rate, changes })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::http::{Probes, standard_routes};
+
+    /// Serves `/rate` (and the standard routes) on a loopback port; returns its address.
+    async fn serve(changes: RateChanges) -> (SocketAddr, Arc<RateControl>) {
+        let rate = Arc::new(RateControl::new("100".parse().unwrap()));
+        let routes = standard_routes(
+            Arc::new(prometheus_client::registry::Registry::default()),
+            Arc::new(Probes::default()),
+        )
+        .merge(rate_routes(rate.clone(), changes));
+        let addr = crate::http::serve("127.0.0.1:0".parse().unwrap(), routes, "test")
+            .await
+            .unwrap();
+        (addr, rate)
+    }
+
+    /// One raw exchange: the status of the answer (0 if the connection closed without one).
+    fn exchange(addr: SocketAddr, request: &[u8]) -> u16 {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        // The server may answer (413, 400) and close before it read everything.
+        let _ = stream.write_all(request);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        std::str::from_utf8(&answer[..answer.len().min(12)])
+            .ok()
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn put(addr: SocketAddr, body: &str, authorization: Option<&str>) -> u16 {
+        let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+        let request = format!(
+            "PUT /rate HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        exchange(addr, request.as_bytes())
+    }
+
+    #[test]
+    fn a_listener_beyond_loopback_without_a_token_refuses_changes() {
+        let any: SocketAddr = "0.0.0.0:8001".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:8001".parse().unwrap();
+        let v6: SocketAddr = "[::1]:8001".parse().unwrap();
+        assert!(matches!(
+            RateChanges::for_listener(any, None),
+            RateChanges::Refused
+        ));
+        assert!(matches!(
+            RateChanges::for_listener(local, None),
+            RateChanges::Loopback
+        ));
+        assert!(matches!(
+            RateChanges::for_listener(v6, None),
+            RateChanges::Loopback
+        ));
+        assert!(matches!(
+            RateChanges::for_listener(any, Some("t")),
+            RateChanges::Token(_)
+        ));
+        let refused = RateChanges::for_listener(any, None).admit(&HeaderMap::new());
+        assert_eq!(refused.unwrap_err().0, StatusCode::FORBIDDEN);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_need_the_token_and_a_small_well_formed_profile() {
+        let (addr, rate) = serve(RateChanges::for_listener(
+            "0.0.0.0:0".parse().unwrap(),
+            Some("s3cret"),
+        ))
+        .await;
+        let outcome = tokio::task::spawn_blocking(move || {
+            [
+                put(addr, "500", None),
+                put(addr, "500", Some("Bearer wrong")),
+                put(addr, "500", Some("Basic czNjcmV0")),
+                put(addr, "lots", Some("Bearer s3cret")),
+                put(addr, &"9".repeat(MAX_BODY_BYTES + 1), Some("Bearer s3cret")),
+                put(addr, "500", Some("Bearer s3cret")),
+            ]
+        })
+        .await
+        .unwrap();
+        assert_eq!(outcome, [401, 401, 401, 400, 413, 200]);
+        assert_eq!(rate.get().to_string(), "500");
+    }
+
+    /// A few hundred malformed, oversized and random requests: every one is answered with
+    /// a 4xx (or, for the read-only routes, a 200) or dropped, none with a 5xx; none changes
+    /// the rate, and the server still answers afterwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fuzzed_requests_get_4xx_and_never_break_the_server() {
+        let (addr, rate) = serve(RateChanges::for_listener(
+            "0.0.0.0:0".parse().unwrap(),
+            Some("s3cret"),
+        ))
+        .await;
+        let statuses = tokio::task::spawn_blocking(move || {
+            let mut rng = StdRng::seed_from_u64(17);
+            let methods = ["GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS", "FOO", ""];
+            let paths = ["/rate", "/metrics", "/healthz", "/readyz", "/", "/rate/../rate", "/%zz", "*"];
+            (0..300)
+                .map(|i| {
+                    let request: Vec<u8> = match i % 4 {
+                        // Random bytes.
+                        0 => (0..rng.random_range(0..2048)).map(|_| rng.random()).collect(),
+                        // A request line and headers with a random body and a lying length.
+                        1 => {
+                            let body: Vec<u8> =
+                                (0..rng.random_range(0..20_000)).map(|_| rng.random()).collect();
+                            let length = rng.random_range(0..30_000);
+                            let mut r = format!(
+                                "{} {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n",
+                                methods[rng.random_range(0..methods.len())],
+                                paths[rng.random_range(0..paths.len())],
+                                rng.random::<u32>(),
+                            )
+                            .into_bytes();
+                            r.extend(body);
+                            r
+                        }
+                        // Chunked bodies, some never ending, some huge.
+                        2 => format!(
+                            "PUT /rate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{}\r\n",
+                            rng.random_range(0..100_000),
+                            "1".repeat(rng.random_range(0..5000)),
+                        )
+                        .into_bytes(),
+                        // Huge or broken headers.
+                        _ => format!(
+                            "POST /rate HTTP/1.1\r\nHost: x\r\nX-{}: {}\r\n\r\n",
+                            "h".repeat(rng.random_range(0..3000)),
+                            "v".repeat(rng.random_range(0..100_000)),
+                        )
+                        .into_bytes(),
+                    };
+                    exchange(addr, &request)
+                })
+                .collect::<Vec<u16>>()
+        })
+        .await
+        .unwrap();
+        let server_errors: Vec<&u16> = statuses.iter().filter(|s| **s >= 500).collect();
+        assert!(server_errors.is_empty(), "5xx answers: {server_errors:?}");
+        assert!(
+            statuses.iter().filter(|s| (400..500).contains(*s)).count() > 100,
+            "{statuses:?}"
+        );
+        assert_eq!(
+            rate.get().to_string(),
+            "100",
+            "no fuzzed request changed the rate"
+        );
+        let alive = tokio::task::spawn_blocking(move || {
+            exchange(
+                addr,
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(alive, 200);
+    }
+}
