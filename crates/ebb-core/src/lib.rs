@@ -11,6 +11,7 @@
 //!   [`Decoder`](consumer::Decoder) and a [`Sink`](consumer::Sink), and the built-in sinks;
 //! - [`postgres`]: the trades table, its idempotent batch insert and the reads of audits;
 //! - [`audit`]: a topic, its dead letters and the trades table compared, record by record;
+//! - [`replay`]: a consumer group's offsets moved to a time or offset, planned then applied;
 //! - [`http`]: `/metrics`, `/healthz` and `/readyz` for every server.
 
 pub mod admin;
@@ -23,6 +24,7 @@ pub mod lag;
 pub mod msk_iam;
 pub mod postgres;
 pub mod producer;
+pub mod replay;
 pub mod trade;
 
 pub use kafka::KafkaOptions;

@@ -10,6 +10,7 @@ mod keda_scaler;
 mod lag;
 mod logging;
 mod produce;
+mod replay;
 mod scale;
 mod signals;
 mod sim;
@@ -61,6 +62,8 @@ enum Command {
     Tune(sim::TuneArgs),
     /// Check that a group's committed records landed in the table exactly once, in order.
     Audit(audit::AuditArgs),
+    /// Move a group's committed offsets to a time or offset, to read records again.
+    Replay(replay::ReplayArgs),
     /// The PostgreSQL table of the postgres sink.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
             Command::Sim(args) => sim::run_sim(args),
             Command::Tune(args) => sim::run_tune(args),
             Command::Audit(args) => audit::run(args).await,
+            Command::Replay(args) => replay::run(args).await,
             Command::Db(command) => db::run(command).await,
         }
     });
