@@ -39,7 +39,10 @@ pub enum ReplayError {
     #[error(transparent)]
     Admin(#[from] AdminError),
     /// A partition named in per-partition offsets is not in the topic.
-    #[error("partition {partition} is not in topic {topic}, which has partitions 0..{partitions}")]
+    #[error(
+        "partition {partition} is not in topic {topic}, which has {partitions} (0 to {last})",
+        last = *partitions as i64 - 1
+    )]
     UnknownPartition {
         /// The partition asked for.
         partition: i32,
@@ -516,14 +519,14 @@ fn run_blocking(
         );
     }
     tracing::info!(
-        "replay by {}@{} applied: group {group}, topic {topic}, {}: {} partitions, {} records \
-         to reprocess, {} skipped",
+        "replay by {}@{} applied: group {group}, topic {topic}, {}: {} records to reprocess, \
+         {} skipped, partitions moved: {}",
         actor.user,
         actor.host,
         settings.mode,
-        plan.partitions.len(),
         plan.total_reprocess,
-        plan.total_skip
+        plan.total_skip,
+        plan.partitions.len()
     );
     plan.applied = true;
     Ok(plan)
