@@ -8,7 +8,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::metadata::Metadata;
 
-use crate::kafka::KafkaOptions;
+use crate::kafka::{ConnectionFailure, KafkaOptions};
 
 /// What went wrong talking to the cluster, worded for the person at the terminal.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,23 @@ pub enum AdminError {
         group: String,
         /// The topic asked about.
         topic: String,
+    },
+    /// A broker answered but the connection failed (TLS, SASL authentication, a protocol
+    /// mismatch); librdkafka's reason.
+    #[error("cannot connect to Kafka at {bootstrap}: {cause}")]
+    Rejected {
+        /// The bootstrap servers.
+        bootstrap: String,
+        /// librdkafka's reason.
+        cause: String,
+    },
+    /// The cluster's ACLs do not allow the request.
+    #[error("not authorized to {action} as {principal} (the cluster's ACLs deny it)")]
+    Denied {
+        /// What was refused, e.g. "describe topic tenant-b.orders".
+        action: String,
+        /// Who asked, as [`KafkaOptions::principal`] words it.
+        principal: String,
     },
     /// No MSK IAM token for the admin client.
     #[error("MSK IAM: {0}")]
@@ -122,6 +139,9 @@ impl Admin {
                 Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
                     return Err(AdminError::TopicExists(topic));
                 }
+                Err((topic, code)) if is_denial(code) => {
+                    return Err(self.denied(format!("create topic {topic}")));
+                }
                 Err((topic, code)) => {
                     return Err(AdminError::Kafka {
                         context: format!("cannot create topic \"{topic}\""),
@@ -170,6 +190,9 @@ impl Admin {
                 if code == RDKafkaErrorCode::UnknownTopicOrPartition {
                     return Err(AdminError::UnknownTopic(topic));
                 }
+                if is_denial(code) {
+                    return Err(self.denied(format!("delete topic {topic}")));
+                }
                 return Err(AdminError::Kafka {
                     context: format!("cannot delete topic \"{topic}\""),
                     source: KafkaError::AdminOp(code),
@@ -201,6 +224,11 @@ impl Admin {
         let metadata = self.metadata(Some(name)).await?;
         let topic = metadata.topics().iter().find(|t| t.name() == name);
         match topic {
+            // Kafka answers so for a topic the client may not describe, whether it exists
+            // or not.
+            Some(t) if t.error().is_some_and(|e| is_denial(e.into())) => {
+                Err(self.denied(format!("describe topic {name}")))
+            }
             Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(TopicInfo {
                 name: name.to_string(),
                 partitions: t.partitions().len(),
@@ -210,9 +238,23 @@ impl Admin {
         }
     }
 
+    fn denied(&self, action: String) -> AdminError {
+        AdminError::Denied {
+            action,
+            principal: self.options.principal(),
+        }
+    }
+
     fn classify(&self, source: KafkaError, context: &str) -> AdminError {
         if is_unreachable(&source) {
-            AdminError::Unreachable(self.options.unreachable_hint())
+            // A timeout says nothing of why; librdkafka's connection errors do.
+            match crate::kafka::connection_failure(self.client.inner()) {
+                Some(ConnectionFailure::Failed(cause)) => AdminError::Rejected {
+                    bootstrap: self.options.bootstrap_servers.clone(),
+                    cause,
+                },
+                _ => AdminError::Unreachable(self.options.unreachable_hint()),
+            }
         } else {
             AdminError::Kafka {
                 context: context.to_string(),
@@ -258,6 +300,17 @@ fn set_token(
         let message = unsafe { std::ffi::CStr::from_ptr(error.as_ptr()) };
         Err(MskIamError::Refused(message.to_string_lossy().into_owned()))
     }
+}
+
+/// Whether a Kafka error code is an ACL refusal.
+pub fn is_denial(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::GroupAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+    )
 }
 
 /// Whether an error means no broker could be reached (as opposed to a refusal).

@@ -1,6 +1,7 @@
 //! Kafka client settings shared by every ebb command: where the brokers are and how to
 //! authenticate, turned into librdkafka properties in one place.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -12,8 +13,9 @@ use crate::msk_iam::MskIam;
 /// The `--sasl-mechanism` that selects Amazon MSK IAM (OAUTHBEARER with a SigV4 token).
 pub const MSK_IAM: &str = "AWS_MSK_IAM";
 
-/// How ebb reaches Kafka. Mirrors the user-facing options one to one.
-#[derive(Debug, Clone)]
+/// How ebb reaches Kafka. Mirrors the user-facing options one to one. Its `Debug` output
+/// never shows the SASL password.
+#[derive(Clone)]
 pub struct KafkaOptions {
     /// Comma-separated `host:port` list (`bootstrap.servers`).
     pub bootstrap_servers: String,
@@ -30,6 +32,10 @@ pub struct KafkaOptions {
     pub sasl_password: Option<String>,
     /// CA bundle for TLS (`ssl.ca.location`); the system store when absent.
     pub ssl_ca_location: Option<String>,
+    /// Client certificate (PEM) for mutual TLS (`ssl.certificate.location`).
+    pub ssl_certificate_location: Option<String>,
+    /// The client certificate's private key (PEM) (`ssl.key.location`).
+    pub ssl_key_location: Option<String>,
     /// How long one-shot requests (metadata, admin) may take before ebb gives up.
     pub request_timeout: Duration,
     /// Extra librdkafka properties (`-X key=value`), applied last so they win.
@@ -129,6 +135,8 @@ impl Default for KafkaOptions {
             sasl_username: None,
             sasl_password: None,
             ssl_ca_location: None,
+            ssl_certificate_location: None,
+            ssl_key_location: None,
             request_timeout: Duration::from_secs(10),
             extra: Vec::new(),
         }
@@ -188,6 +196,12 @@ impl KafkaOptions {
         if let Some(ca) = &self.ssl_ca_location {
             config.set("ssl.ca.location", ca);
         }
+        if let Some(certificate) = &self.ssl_certificate_location {
+            config.set("ssl.certificate.location", certificate);
+        }
+        if let Some(key) = &self.ssl_key_location {
+            config.set("ssl.key.location", key);
+        }
         for (key, value) in &self.extra {
             config.set(key, value);
         }
@@ -214,13 +228,15 @@ impl KafkaOptions {
         Ok(())
     }
 
-    /// The sentence to show when the brokers cannot be reached.
+    /// The sentence to show when the brokers cannot be reached. The advice to start the
+    /// local broker is given only for a local plaintext address (the local broker's kind);
+    /// see [`connection_failure`] for what to say when a broker answered but refused.
     pub fn unreachable_hint(&self) -> String {
         let local = self
             .bootstrap_servers
             .split(',')
             .all(|b| b.starts_with("127.0.0.1:") || b.starts_with("localhost:"));
-        if local {
+        if local && self.security_protocol == SecurityProtocol::Plaintext {
             let port = self.bootstrap_servers.rsplit(':').next().unwrap_or("9092");
             let env = if port == "9092" {
                 String::new()
@@ -238,14 +254,200 @@ impl KafkaOptions {
             )
         }
     }
+
+    /// Who the cluster will see this client as, for messages about what it may not do:
+    /// `User:<name>` for SASL, the certificate's subject for mutual TLS.
+    pub fn principal(&self) -> String {
+        if self.sasl_mechanism.as_deref() == Some(MSK_IAM) {
+            return "the AWS IAM identity of this process".into();
+        }
+        if let Some(user) = &self.sasl_username
+            && self.security_protocol.uses_sasl()
+        {
+            return format!("User:{user}");
+        }
+        match &self.ssl_certificate_location {
+            Some(path) => match certificate_subject(path) {
+                Some(subject) => format!("the client certificate {subject} ({path})"),
+                None => format!("the client certificate {path}"),
+            },
+            None => "User:ANONYMOUS".into(),
+        }
+    }
+}
+
+/// A certificate file's subject, `CN=...` (the part brokers usually map to a principal).
+fn certificate_subject(path: &str) -> Option<String> {
+    let pem = std::fs::read(path).ok()?;
+    let certificate = openssl::x509::X509::from_pem(&pem).ok()?;
+    let subject = certificate
+        .subject_name()
+        .entries()
+        .filter_map(|e| {
+            let name = e.object().nid().short_name().ok()?;
+            let value = String::from_utf8_lossy(e.data().as_slice());
+            Some(format!("{name}={value}"))
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    (!subject.is_empty()).then_some(subject)
+}
+
+impl SecurityProtocol {
+    /// Whether the protocol authenticates with SASL.
+    pub fn uses_sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+}
+
+impl std::fmt::Debug for KafkaOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaOptions")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("security_protocol", &self.security_protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("aws_region", &self.aws_region)
+            .field("sasl_username", &self.sasl_username)
+            .field(
+                "sasl_password",
+                &self.sasl_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ssl_ca_location", &self.ssl_ca_location)
+            .field("ssl_certificate_location", &self.ssl_certificate_location)
+            .field("ssl_key_location", &self.ssl_key_location)
+            .field("request_timeout", &self.request_timeout)
+            // -X may carry secrets too (sasl.password=..., ssl.key.password=...).
+            .field(
+                "extra",
+                &self
+                    .extra
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// Why a client's requests went unanswered, as librdkafka reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionFailure {
+    /// Nothing listens at the address (connection refused).
+    Refused,
+    /// A broker answered but the connection failed: TLS, authentication, a protocol
+    /// mismatch. librdkafka's own words, without its broker-name prefix.
+    Failed(String),
+}
+
+/// What librdkafka last said about a failed broker connection of `client`, read from the
+/// client's main queue. Errors wait there for a poll, and an admin client is never polled
+/// there (rdkafka polls only its admin-result queue), so this reads them when a request
+/// has timed out. Authentication and TLS errors win over transport errors, and those over
+/// "all brokers are down", which says nothing of why.
+pub fn connection_failure<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+) -> Option<ConnectionFailure> {
+    use rdkafka::bindings as rd;
+    use rdkafka::types::RDKafkaErrorCode;
+    let mut best: Option<(u8, ConnectionFailure)> = None;
+    // SAFETY: the client handle is alive for the whole call. The main queue handle is
+    // released once; each event is destroyed after its error string (owned by the event)
+    // has been copied.
+    unsafe {
+        let queue = rd::rd_kafka_queue_get_main(client.native_ptr());
+        if queue.is_null() {
+            return None;
+        }
+        loop {
+            let event = rd::rd_kafka_queue_poll(queue, 0);
+            if event.is_null() {
+                break;
+            }
+            if rd::rd_kafka_event_type(event) == rd::RD_KAFKA_EVENT_ERROR {
+                let code: RDKafkaErrorCode = rd::rd_kafka_event_error(event).into();
+                let text = rd::rd_kafka_event_error_string(event);
+                let text = if text.is_null() {
+                    String::new()
+                } else {
+                    std::ffi::CStr::from_ptr(text)
+                        .to_string_lossy()
+                        .into_owned()
+                };
+                if let Some(ranked) = rank_connection_error(code, &text)
+                    && best.as_ref().is_none_or(|(rank, _)| ranked.0 >= *rank)
+                {
+                    best = Some(ranked);
+                }
+            }
+            rd::rd_kafka_event_destroy(event);
+        }
+        rd::rd_kafka_queue_destroy(queue);
+    }
+    best.map(|(_, failure)| failure)
+}
+
+/// How telling one librdkafka error is about a failed connection (higher is better), and
+/// what it says; `None` for errors that say nothing of why.
+fn rank_connection_error(
+    code: rdkafka::types::RDKafkaErrorCode,
+    text: &str,
+) -> Option<(u8, ConnectionFailure)> {
+    use rdkafka::types::RDKafkaErrorCode::*;
+    // "sasl_ssl://127.0.0.1:9192/bootstrap: SASL authentication error: ... (after 5ms in
+    // state AUTH_REQ)": the address is in ebb's own sentence, the timing is noise.
+    let mut cause = text;
+    if let Some(scheme) = cause.find("://")
+        && let Some(colon) = cause[scheme..].find(": ")
+    {
+        cause = &cause[scheme + colon + 2..];
+    }
+    if let Some(after) = cause.rfind(" (after ")
+        && cause.ends_with(')')
+    {
+        cause = &cause[..after];
+    }
+    let mut cause = cause.trim().to_string();
+    // A TLS alert from the broker during the handshake is about the client's certificate:
+    // none given, or one its CA did not sign. OpenSSL's words do not say so.
+    if [
+        "alert bad certificate",
+        "alert unknown ca",
+        "alert certificate required",
+    ]
+    .iter()
+    .any(|alert| cause.contains(alert))
+    {
+        cause.push_str(
+            "; the broker did not accept this client's certificate (none given, or not \
+             signed by a CA it trusts)",
+        );
+    }
+    match code {
+        Authentication
+        | SaslAuthenticationFailed
+        | UnsupportedSASLMechanism
+        | IllegalSASLState
+        | SSL => Some((3, ConnectionFailure::Failed(cause))),
+        BrokerTransportFailure if cause.contains("Connection refused") => {
+            Some((1, ConnectionFailure::Refused))
+        }
+        BrokerTransportFailure => Some((2, ConnectionFailure::Failed(cause))),
+        _ => None,
+    }
 }
 
 /// A client context that answers librdkafka's OAUTHBEARER token refreshes with MSK IAM
-/// tokens (and does nothing else special). Every ebb client embeds one.
+/// tokens, and keeps an ACL refusal that librdkafka reports on its own (a coordinator
+/// lookup for a group the client may not use) for the request that then times out to
+/// name. Every ebb client embeds one.
 #[derive(Debug, Clone, Default)]
 pub struct AuthContext {
     /// MSK IAM, when configured.
     pub iam: Option<MskIam>,
+    denial: Arc<Mutex<Option<rdkafka::types::RDKafkaErrorCode>>>,
 }
 
 impl AuthContext {
@@ -253,7 +455,14 @@ impl AuthContext {
     pub fn new(options: &KafkaOptions) -> Self {
         AuthContext {
             iam: options.msk_iam(),
+            denial: Arc::default(),
         }
+    }
+
+    /// The ACL refusal librdkafka reported outside any request's result, if any
+    /// (`GroupAuthorizationFailed`, ...).
+    pub fn denial(&self) -> Option<rdkafka::types::RDKafkaErrorCode> {
+        *self.denial.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A fresh token, or why there is none.
@@ -273,6 +482,16 @@ impl AuthContext {
 
 impl ClientContext for AuthContext {
     const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            // Kept for the caller's one-line error, not logged on top of it.
+            Some(code) if crate::admin::is_denial(code) => {
+                *self.denial.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
+            }
+            _ => tracing::error!("librdkafka: {error}: {reason}"),
+        }
+    }
 
     fn generate_oauth_token(
         &self,
@@ -360,5 +579,58 @@ mod tests {
         assert!(local.contains("127.0.0.1:9092") && local.contains("scripts/kafka-local start"));
         let remote = KafkaOptions::new("b-1.example:9098").unreachable_hint();
         assert!(remote.contains("b-1.example:9098") && remote.contains("bootstrap servers"));
+        // The local broker is plaintext: a secured local address gets no advice to start it.
+        let mut secured = KafkaOptions::new("127.0.0.1:9192");
+        secured.security_protocol = SecurityProtocol::SaslSsl;
+        assert!(!secured.unreachable_hint().contains("kafka-local"));
+    }
+
+    #[test]
+    fn connection_errors_are_ranked_and_trimmed() {
+        use rdkafka::types::RDKafkaErrorCode::*;
+        let (rank, failure) = rank_connection_error(
+            Authentication,
+            "sasl_ssl://127.0.0.1:9192/bootstrap: SASL authentication error: Authentication \
+             failed (after 5ms in state AUTH_REQ)",
+        )
+        .unwrap();
+        assert_eq!(rank, 3);
+        assert_eq!(
+            failure,
+            ConnectionFailure::Failed("SASL authentication error: Authentication failed".into())
+        );
+        let refused = rank_connection_error(
+            BrokerTransportFailure,
+            "127.0.0.1:9/bootstrap: Connect to ipv4#127.0.0.1:9 failed: Connection refused",
+        );
+        assert_eq!(refused, Some((1, ConnectionFailure::Refused)));
+        assert_eq!(
+            rank_connection_error(AllBrokersDown, "1/1 brokers are down"),
+            None
+        );
+        let (_, alert) = rank_connection_error(
+            SSL,
+            "ssl://127.0.0.1:9193/bootstrap: Receive failed: sslv3 alert bad certificate",
+        )
+        .unwrap();
+        assert!(
+            format!("{alert:?}").contains("client's certificate"),
+            "{alert:?}"
+        );
+    }
+
+    #[test]
+    fn debug_output_leaves_secrets_out() {
+        let mut options = KafkaOptions::new("h:1");
+        options.sasl_password = Some("hunter2".into());
+        options
+            .extra
+            .push(("ssl.key.password".into(), "k3y".into()));
+        let shown = format!("{options:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("k3y"),
+            "{shown}"
+        );
+        assert!(shown.contains("ssl.key.password"), "{shown}");
     }
 }

@@ -100,6 +100,8 @@ pub struct LagProbe {
     topic: String,
     partitions: usize,
     timeout: Duration,
+    /// Who the cluster sees the probe as, for ACL refusals.
+    principal: String,
 }
 
 impl LagProbe {
@@ -116,7 +118,36 @@ impl LagProbe {
             topic: topic.into(),
             partitions,
             timeout: kafka.request_timeout,
+            principal: kafka.principal(),
         })
+    }
+
+    /// `source` as an ACL refusal of `action` when it is one, else as `context`'s failure.
+    /// A refusal librdkafka reported on its own (the group's coordinator lookup) leaves
+    /// the request to time out; the context kept it.
+    fn refused(
+        &self,
+        source: rdkafka::error::KafkaError,
+        action: String,
+        context: String,
+    ) -> AdminError {
+        use rdkafka::types::RDKafkaErrorCode::*;
+        // The refusal waits in the client's queue until a poll hands it to the context.
+        let _ = self.consumer.poll(Duration::ZERO);
+        let denial = source
+            .rdkafka_error_code()
+            .filter(|code| crate::admin::is_denial(*code))
+            .or_else(|| self.consumer.context().denial());
+        let action = match denial {
+            None => return AdminError::Kafka { context, source },
+            Some(GroupAuthorizationFailed) => format!("use group {}", self.group),
+            Some(TopicAuthorizationFailed) => format!("read topic {}", self.topic),
+            Some(_) => action,
+        };
+        AdminError::Denied {
+            action,
+            principal: self.principal.clone(),
+        }
     }
 
     /// The group's state as its coordinator reports it ("Dead" when unknown).
@@ -124,9 +155,12 @@ impl LagProbe {
         Ok(self
             .consumer
             .fetch_group_list(Some(&self.group), self.timeout)
-            .map_err(|source| AdminError::Kafka {
-                context: format!("cannot describe group {}", self.group),
-                source,
+            .map_err(|source| {
+                self.refused(
+                    source,
+                    format!("describe group {}", self.group),
+                    format!("cannot describe group {}", self.group),
+                )
             })?
             .groups()
             .first()
@@ -146,9 +180,12 @@ impl LagProbe {
         let committed = self
             .consumer
             .committed_offsets(all(Offset::Invalid), self.timeout)
-            .map_err(|source| AdminError::Kafka {
-                context: format!("cannot read group {}'s committed offsets", self.group),
-                source,
+            .map_err(|source| {
+                self.refused(
+                    source,
+                    format!("read group {}'s committed offsets", self.group),
+                    format!("cannot read group {}'s committed offsets", self.group),
+                )
             })?;
         // One ListOffsets request for every partition (the supervisor asks every second),
         // rather than a watermark request per partition.

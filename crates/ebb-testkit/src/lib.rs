@@ -5,6 +5,8 @@
 //! (or reuses one already answering) once per test process, and panics with the fix when
 //! Java or Maven is missing. [`postgres`] does the same for the local PostgreSQL server
 //! through `scripts/postgres-local`. Tests never skip: without them they fail.
+//! [`secure_kafka`] starts the separate secured node (`scripts/kafka-local start --secure`:
+//! SASL_SSL with SCRAM, mutual TLS, ACLs) and returns its addresses, CA and credentials.
 //! [`kube`] has the Kubernetes tools and a real API server for the deploy tests.
 
 pub mod kube;
@@ -38,6 +40,142 @@ pub fn kafka() -> String {
 }
 
 fn start_kafka() -> String {
+    need_broker_tools();
+    local_service("kafka-local", "start");
+    format!("127.0.0.1:{}", kafka_port())
+}
+
+/// Runs `scripts/<script> <command>` and panics with its output if it fails.
+pub fn local_service(script: &str, command: &str) {
+    script_output(script, &[command]);
+}
+
+/// Runs `scripts/<script> <args...>`; its standard output, or a panic with all its output.
+fn script_output(script: &str, args: &[&str]) -> String {
+    let path = repo_root().join("scripts").join(script);
+    let output = Command::new(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    assert!(
+        output.status.success(),
+        "`scripts/{script} {}` failed.\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// One tenant of the secure node: a SCRAM user and a client certificate with the same
+/// principal (`User:<name>`), allowed everything on topics and groups prefixed `<name>.`.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    /// The SCRAM user name, also the certificate's CN.
+    pub user: String,
+    /// The SCRAM password (throwaway).
+    pub password: String,
+    /// Client certificate (PEM) for mutual TLS.
+    pub certificate: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+}
+
+impl Tenant {
+    /// The prefix of the topics and groups it may use: `<user>.`.
+    pub fn prefix(&self) -> String {
+        format!("{}.", self.user)
+    }
+}
+
+/// The secure local node, as `scripts/kafka-local env --secure` describes it.
+#[derive(Debug, Clone)]
+pub struct SecureKafka {
+    /// SASL_SSL bootstrap address (SCRAM-SHA-256 and SCRAM-SHA-512).
+    pub sasl_ssl: String,
+    /// SSL bootstrap address that requires a client certificate.
+    pub mtls: String,
+    /// The CA (PEM) that signed the broker's and the tenants' certificates.
+    pub ca: PathBuf,
+    /// An unrelated CA (PEM): verifying the broker with it must fail.
+    pub other_ca: PathBuf,
+    /// A client certificate and key with CN tenant-a signed by the unrelated CA.
+    pub other_ca_client: (PathBuf, PathBuf),
+    /// The superuser's SCRAM user and password.
+    pub admin: (String, String),
+    /// tenant-a.
+    pub tenant_a: Tenant,
+    /// tenant-b.
+    pub tenant_b: Tenant,
+}
+
+impl SecureKafka {
+    /// A librdkafka configuration for `tenant` over SASL_SSL with `mechanism`.
+    pub fn sasl_config(&self, tenant: &Tenant, mechanism: &str) -> rdkafka::ClientConfig {
+        let mut config = rdkafka::ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.sasl_ssl)
+            .set("security.protocol", "sasl_ssl")
+            .set("sasl.mechanism", mechanism)
+            .set("sasl.username", &tenant.user)
+            .set("sasl.password", &tenant.password)
+            .set("ssl.ca.location", self.ca.display().to_string());
+        config
+    }
+}
+
+/// Makes sure the secure local node runs (`scripts/kafka-local start --secure`, port
+/// `EBB_KAFKA_SECURE_PORT`, default 9192, and the next two) and returns its settings.
+/// Panics with the fix when Java, Maven or openssl is missing.
+pub fn secure_kafka() -> SecureKafka {
+    static STARTED: OnceLock<SecureKafka> = OnceLock::new();
+    STARTED
+        .get_or_init(|| {
+            need_broker_tools();
+            ensure_debian_packages(&["openssl"]);
+            script_output("kafka-local", &["start", "--secure"]);
+            let text = script_output("kafka-local", &["env", "--secure"]);
+            let settings: std::collections::HashMap<&str, &str> =
+                text.lines().filter_map(|l| l.split_once('=')).collect();
+            let get = |key: &str| -> String {
+                settings
+                    .get(key)
+                    .unwrap_or_else(|| {
+                        panic!("`scripts/kafka-local env --secure` has no {key}:\n{text}")
+                    })
+                    .to_string()
+            };
+            let tenant = |name: &str| {
+                let upper = name.to_uppercase().replace('-', "_");
+                Tenant {
+                    user: get(&format!("EBB_SECURE_{upper}_USER")),
+                    password: get(&format!("EBB_SECURE_{upper}_PASSWORD")),
+                    certificate: get(&format!("EBB_SECURE_{upper}_CERT")).into(),
+                    key: get(&format!("EBB_SECURE_{upper}_KEY")).into(),
+                }
+            };
+            SecureKafka {
+                sasl_ssl: get("EBB_SECURE_SASL_SSL_BOOTSTRAP"),
+                mtls: get("EBB_SECURE_MTLS_BOOTSTRAP"),
+                ca: get("EBB_SECURE_CA").into(),
+                other_ca: get("EBB_SECURE_OTHER_CA").into(),
+                other_ca_client: (
+                    get("EBB_SECURE_OTHER_CA_CLIENT_CERT").into(),
+                    get("EBB_SECURE_OTHER_CA_CLIENT_KEY").into(),
+                ),
+                admin: (
+                    get("EBB_SECURE_ADMIN_USER"),
+                    get("EBB_SECURE_ADMIN_PASSWORD"),
+                ),
+                tenant_a: tenant("tenant-a"),
+                tenant_b: tenant("tenant-b"),
+            }
+        })
+        .clone()
+}
+
+/// Panics with the fix when a tool the local brokers need is missing.
+fn need_broker_tools() {
     for (tool, fix) in [
         (
             "java",
@@ -54,23 +192,6 @@ fn start_kafka() -> String {
             "integration tests need a local Kafka broker, which needs `{tool}`: {fix}"
         );
     }
-    local_service("kafka-local", "start");
-    format!("127.0.0.1:{}", kafka_port())
-}
-
-/// Runs `scripts/<script> <command>` and panics with its output if it fails.
-pub fn local_service(script: &str, command: &str) {
-    let path = repo_root().join("scripts").join(script);
-    let output = Command::new(&path)
-        .arg(command)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
-    assert!(
-        output.status.success(),
-        "`scripts/{script} {command}` failed.\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// Makes sure the local PostgreSQL server runs and returns its URL. Panics with the fix
@@ -219,12 +340,17 @@ pub type RawRecord<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 /// Produces raw records (key, value; either may be absent) with another client than
 /// ebb's, and waits for every acknowledgement.
 pub fn produce_raw(bootstrap: &str, topic: &str, records: &[RawRecord<'_>]) {
-    use rdkafka::ClientConfig;
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    produce_raw_with(config, topic, records);
+}
+
+/// [`produce_raw`] with a client made from `config` (a secured cluster's settings).
+pub fn produce_raw_with(mut config: rdkafka::ClientConfig, topic: &str, records: &[RawRecord<'_>]) {
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     use std::time::Duration;
 
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let producer: ThreadedProducer<DefaultProducerContext> = config
         .set("message.max.bytes", (8 * 1024 * 1024).to_string())
         .set("acks", "all")
         .create()

@@ -14,8 +14,8 @@ use ebb_core::kafka::{SecurityProtocol, SettingError, parse_property};
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// How to reach Kafka.
-#[derive(Args, Debug, Clone)]
+/// How to reach Kafka. Its `Debug` output never shows the SASL password.
+#[derive(Args, Clone)]
 #[command(next_help_heading = "Kafka connection")]
 pub struct KafkaArgs {
     /// Brokers to bootstrap from, host:port[,host:port...].
@@ -46,13 +46,43 @@ pub struct KafkaArgs {
     #[arg(long, env = "KAFKA_SASL_USERNAME")]
     pub sasl_username: Option<String>,
 
-    /// SASL password.
-    #[arg(long, env = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    /// SASL password. Prefer --sasl-password-file: a value on the command line shows in
+    /// the process list.
+    #[arg(
+        long,
+        env = "KAFKA_SASL_PASSWORD",
+        hide_env_values = true,
+        conflicts_with = "sasl_password_file"
+    )]
     pub sasl_password: Option<String>,
 
-    /// CA certificates (PEM) to verify the brokers with; the system store when unset.
+    /// File holding the SASL password (a Kubernetes Secret mounted as a file); a trailing
+    /// newline is ignored. Default: none.
+    #[arg(long, env = "KAFKA_SASL_PASSWORD_FILE")]
+    pub sasl_password_file: Option<PathBuf>,
+
+    /// CA certificates (PEM) to verify the brokers with; the system store when unset. The
+    /// brokers' certificates are always verified, host name included (librdkafka's
+    /// defaults; -X enable.ssl.certificate.verification=false turns that off).
     #[arg(long, env = "KAFKA_SSL_CA_LOCATION")]
     pub ssl_ca_location: Option<String>,
+
+    /// Client certificate (PEM) for mutual TLS (security protocol ssl or sasl_ssl).
+    /// Default: none, no client certificate.
+    #[arg(
+        long,
+        env = "KAFKA_SSL_CERTIFICATE_LOCATION",
+        requires = "ssl_key_location"
+    )]
+    pub ssl_certificate_location: Option<String>,
+
+    /// Private key (PEM) of --ssl-certificate-location. Default: none.
+    #[arg(
+        long,
+        env = "KAFKA_SSL_KEY_LOCATION",
+        requires = "ssl_certificate_location"
+    )]
+    pub ssl_key_location: Option<String>,
 
     /// How long a request to Kafka (metadata, admin) may take before ebb gives up.
     #[arg(long, env = "KAFKA_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -64,10 +94,34 @@ pub struct KafkaArgs {
     pub kafka_properties: Vec<(String, String)>,
 }
 
+impl std::fmt::Debug for KafkaArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The library's Debug, which leaves the password (and -X values) out.
+        let mut options = self.unchecked_options();
+        options.sasl_password = self.sasl_password.as_ref().map(|_| String::new());
+        f.debug_struct("KafkaArgs")
+            .field("options", &options)
+            .field("sasl_password_file", &self.sasl_password_file)
+            .finish()
+    }
+}
+
 impl KafkaArgs {
-    /// The library's view of these options, checked: a bad combination is a usage error.
+    /// The library's view of these options, checked: a bad combination is a usage error,
+    /// and so is a password file that cannot be read.
     pub fn options(&self) -> Result<KafkaOptions, UsageError> {
-        let options = KafkaOptions {
+        let mut options = self.unchecked_options();
+        if let Some(path) = &self.sasl_password_file {
+            options.sasl_password = Some(read_password_file(path)?);
+        }
+        options
+            .validate()
+            .map_err(|e| UsageError(kafka_setting_message(&e)))?;
+        Ok(options)
+    }
+
+    fn unchecked_options(&self) -> KafkaOptions {
+        KafkaOptions {
             bootstrap_servers: self.bootstrap_servers.clone(),
             security_protocol: self.security_protocol,
             sasl_mechanism: self.sasl_mechanism.clone(),
@@ -75,14 +129,35 @@ impl KafkaArgs {
             sasl_username: self.sasl_username.clone(),
             sasl_password: self.sasl_password.clone(),
             ssl_ca_location: self.ssl_ca_location.clone(),
+            ssl_certificate_location: self.ssl_certificate_location.clone(),
+            ssl_key_location: self.ssl_key_location.clone(),
             request_timeout: self.kafka_timeout,
             extra: self.kafka_properties.clone(),
-        };
-        options
-            .validate()
-            .map_err(|e| UsageError(kafka_setting_message(&e)))?;
-        Ok(options)
+        }
     }
+}
+
+/// The SASL password in `path`, without the trailing newline an editor or `echo` leaves;
+/// the error names the file and the flag, never the content.
+fn read_password_file(path: &Path) -> Result<String, UsageError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        UsageError(format!(
+            "cannot read the SASL password from {} (--sasl-password-file / \
+             KAFKA_SASL_PASSWORD_FILE): {e}",
+            path.display()
+        ))
+    })?;
+    let password = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if password.is_empty() {
+        return Err(UsageError(format!(
+            "the SASL password file {} (--sasl-password-file / KAFKA_SASL_PASSWORD_FILE) is empty",
+            path.display()
+        )));
+    }
+    Ok(password.to_string())
 }
 
 fn parse_security_protocol(text: &str) -> Result<SecurityProtocol, SettingError> {
@@ -115,6 +190,16 @@ pub fn admin_error_hint(error: &AdminError) -> Option<String> {
         AdminError::UnknownTopic(topic) => Some(format!(
             "create it with: ebb topic create {topic} --partitions N"
         )),
+        AdminError::Rejected { .. } => Some(
+            "the security is set with --security-protocol, --sasl-mechanism, \
+             --sasl-username, --sasl-password-file, --ssl-ca-location, \
+             --ssl-certificate-location and --ssl-key-location"
+                .into(),
+        ),
+        AdminError::Denied { .. } => Some(
+            "ask the cluster's operator for an ACL, or use a resource this principal may use"
+                .into(),
+        ),
         AdminError::Auth(_) => {
             Some("MSK IAM is chosen with --sasl-mechanism AWS_MSK_IAM and --aws-region".into())
         }
@@ -239,6 +324,58 @@ mod tests {
             "names the file: {error:#}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn password_files_lose_one_trailing_newline_and_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("ebb-password-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("password");
+        for (content, expected) in [
+            ("s3cret\n", "s3cret"),
+            ("s3cret\r\n", "s3cret"),
+            ("a b", "a b"),
+        ] {
+            std::fs::write(&path, content).unwrap();
+            assert_eq!(read_password_file(&path).unwrap(), expected);
+        }
+        std::fs::write(&path, "\n").unwrap();
+        assert!(
+            read_password_file(&path)
+                .unwrap_err()
+                .0
+                .contains("is empty")
+        );
+        let missing = read_password_file(&dir.join("absent")).unwrap_err().0;
+        assert!(
+            missing.contains("absent") && missing.contains("--sasl-password-file"),
+            "{missing}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_password() {
+        use clap::Parser;
+        #[derive(Parser, Debug)]
+        struct Cli {
+            #[command(flatten)]
+            kafka: KafkaArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "ebb",
+            "--sasl-password",
+            "hunter2-secret",
+            "-X",
+            "ssl.key.password=other-secret",
+        ])
+        .unwrap();
+        let shown = format!("{cli:?} {:?}", cli.kafka.options().unwrap());
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("other-secret"),
+            "{shown}"
+        );
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]

@@ -348,6 +348,11 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         )?;
     }
     if let Some(failure) = report.failure {
+        if report.refused {
+            // An ACL refusal: a restart changes nothing.
+            eprintln!("ebb: error: {failure}");
+            return Ok(ExitCode::from(1));
+        }
         eprintln!("error: {failure}; restart the consumer (a supervisor does so on its own)");
         return Ok(ExitCode::from(1));
     }

@@ -108,6 +108,9 @@ pub struct ConsumerReport {
     /// rebalance call librdkafka refused); `None` after a requested or idle stop. The
     /// caller should exit non-zero so that a supervisor restarts it.
     pub failure: Option<String>,
+    /// The failure is a refusal a restart does not change (an ACL): the caller should not
+    /// advise one.
+    pub refused: bool,
 }
 
 impl ConsumerReport {
@@ -195,6 +198,11 @@ struct Shared {
     stop: Arc<AtomicBool>,
     /// Why the consumer stopped by itself, if it did.
     failure: Mutex<Option<String>>,
+    /// Who the cluster sees this consumer as ([`KafkaOptions::principal`]), for ACL
+    /// refusals; set by [`start`].
+    principal: OnceLock<String>,
+    /// The failure is an ACL refusal ([`Shared::refuse`]).
+    refused: AtomicBool,
 }
 
 impl Shared {
@@ -232,7 +240,32 @@ impl Shared {
             in_rebalance: AtomicBool::new(false),
             stop,
             failure: Mutex::new(None),
+            principal: OnceLock::new(),
+            refused: AtomicBool::new(false),
         }
+    }
+
+    /// Stops the consumer because the cluster refused it something retrying cannot change
+    /// (an ACL): like [`Shared::fail`], but the reason alone is the report, for the caller
+    /// to print once.
+    fn refuse(&self, reason: String) {
+        let mut failure = lock(&self.failure);
+        if failure.is_none() {
+            *failure = Some(reason);
+            self.refused.store(true, Ordering::SeqCst);
+        }
+        drop(failure);
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(poller) = self.poller.get() {
+            poller.unpark();
+        }
+    }
+
+    /// Who the cluster sees this consumer as.
+    fn principal(&self) -> &str {
+        self.principal
+            .get()
+            .map_or("the configured identity", String::as_str)
     }
 
     /// Stops the consumer because it cannot go on healthily: it drains, commits and leaves
@@ -276,6 +309,7 @@ impl Shared {
                     .saturating_sub(self.first_batch_ns.load(Ordering::SeqCst)),
             ),
             failure: lock(&self.failure).clone(),
+            refused: self.refused.load(Ordering::SeqCst),
         }
     }
 }
@@ -384,6 +418,7 @@ pub async fn start<D: Decoder>(
         Handle::current(),
         stop.clone(),
     ));
+    let _ = shared.principal.set(kafka.principal());
     let context = Context::new(AuthContext::new(kafka), shared.clone());
     let consumer: BaseConsumer<Context> = config
         .create_with_context(context)

@@ -67,6 +67,16 @@ pub(super) fn run(
     poller.shutdown(tasks)
 }
 
+/// What an ACL refusal of the consumer refused, in words.
+fn denied_action(error: &rdkafka::error::KafkaError, group: &str, topic: &str) -> String {
+    use rdkafka::types::RDKafkaErrorCode::*;
+    match error.rdkafka_error_code() {
+        Some(GroupAuthorizationFailed) => format!("use group {group}"),
+        Some(TopicAuthorizationFailed) => format!("read topic {topic}"),
+        _ => format!("consume topic {topic} as group {group}"),
+    }
+}
+
 /// What one step found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Step {
@@ -135,6 +145,15 @@ impl Poller {
                     self.next_sweep = self.next_sweep.min(deadline);
                 }
                 taken += 1;
+            }
+            // An ACL refusal (joining or committing for a group, reading a topic) does not
+            // heal by retrying: stop, saying what was refused.
+            Some(Err(e)) if e.rdkafka_error_code().is_some_and(crate::admin::is_denial) => {
+                let denied = crate::admin::AdminError::Denied {
+                    action: denied_action(&e, &shared.settings.group, &shared.settings.topic),
+                    principal: shared.principal().to_string(),
+                };
+                shared.refuse(denied.to_string());
             }
             Some(Err(e)) => tracing::warn!("Kafka: {e}"),
             None => {}

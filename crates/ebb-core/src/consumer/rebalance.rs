@@ -37,6 +37,17 @@ pub(super) struct Context {
 impl ClientContext for Context {
     const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
 
+    /// ACL refusals also come back from the poll, which stops the consumer and reports
+    /// them once (`poll.rs`); everything else is logged as librdkafka's default does.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if !error
+            .rdkafka_error_code()
+            .is_some_and(crate::admin::is_denial)
+        {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+
     fn generate_oauth_token(
         &self,
         _config: Option<&str>,
