@@ -105,7 +105,8 @@ fn actor() -> Actor {
     let user = ["USER", "LOGNAME"]
         .iter()
         .find_map(|key| std::env::var(key).ok().filter(|v| !v.is_empty()))
-        .unwrap_or_else(|| "unknown".into());
+        // SAFETY: getuid cannot fail and touches no memory of ours.
+        .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }));
     Actor {
         user,
         host: host_name().unwrap_or_else(|| "unknown".into()),
@@ -125,25 +126,26 @@ fn host_name() -> Option<String> {
 }
 
 fn print_table(plan: &ReplayPlan) {
-    let time = plan
-        .time
-        .as_ref()
-        .map_or(String::new(), |t| format!(" ({t})"));
+    // --by-duration's time is worked out now: show it (--to-time's is in the mode already).
+    let time = match &plan.time {
+        Some(t) if !plan.mode.contains(t.as_str()) => format!(" (from {t})"),
+        _ => String::new(),
+    };
+    let group = match (plan.group_state.as_str(), plan.members) {
+        ("Dead", 0) => "unknown to Kafka until now".to_string(),
+        (state, 1) => format!("{state}, 1 member"),
+        (state, n) => format!("{state}, {n} members"),
+    };
     println!(
-        "replay of group {} on {}: {}{time}; group {} with {} member{}",
-        plan.group,
-        plan.topic,
-        plan.mode,
-        plan.group_state,
-        plan.members,
-        if plan.members == 1 { "" } else { "s" }
+        "replay of group {} on {}: {}{time}; the group is {group}",
+        plan.group, plan.topic, plan.mode
     );
     println!(
         "{:>9}  {:>12}  {:>12}  {:>12}  {:>12}  {:>10}  NOTE",
         "PARTITION", "COMMITTED", "LOG-END", "TARGET", "REPROCESS", "SKIP"
     );
     for p in &plan.partitions {
-        println!(
+        let line = format!(
             "{:>9}  {:>12}  {:>12}  {:>12}  {:>12}  {:>10}  {}",
             p.partition,
             p.committed.map_or("-".to_string(), |c| c.to_string()),
@@ -153,6 +155,7 @@ fn print_table(plan: &ReplayPlan) {
             p.skip,
             p.note.as_deref().unwrap_or("")
         );
+        println!("{}", line.trim_end());
     }
     println!(
         "{:>9}  {:>12}  {:>12}  {:>12}  {:>12}  {:>10}",
