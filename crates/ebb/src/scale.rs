@@ -590,7 +590,10 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
         ("KAFKA_SASL_USERNAME", &kafka.sasl_username),
         password,
         ("KAFKA_SSL_CA_LOCATION", &kafka.ssl_ca_location),
-        ("KAFKA_SSL_CERTIFICATE_LOCATION", &kafka.ssl_certificate_location),
+        (
+            "KAFKA_SSL_CERTIFICATE_LOCATION",
+            &kafka.ssl_certificate_location,
+        ),
         ("KAFKA_SSL_KEY_LOCATION", &kafka.ssl_key_location),
         ("AWS_REGION", &kafka.aws_region),
     ] {
