@@ -93,9 +93,6 @@ pub struct AuditReport {
     pub ok: bool,
 }
 
-/// The group name the audit's readers use; they never join it or commit.
-const AUDIT_GROUP: &str = "ebb-audit";
-
 /// Most problems described in [`AuditReport::examples`].
 const EXAMPLES: usize = 10;
 
@@ -304,18 +301,24 @@ pub async fn run(
             settings.topic
         ));
         let mut source: BTreeMap<i32, Vec<SourceRecord>> = BTreeMap::new();
-        read(&kafka, &settings.topic, &ends, |partition, message| {
-            let trade_id = TradeRef::parse(message.payload())
-                .ok()
-                .map(|t| t.trade_id.into_owned());
-            source.entry(partition).or_default().push(SourceRecord {
-                offset: message.offset(),
-                trade_id,
-            });
-        })?;
+        read(
+            &kafka,
+            &settings.group,
+            &settings.topic,
+            &ends,
+            |partition, message| {
+                let trade_id = TradeRef::parse(message.payload())
+                    .ok()
+                    .map(|t| t.trade_id.into_owned());
+                source.entry(partition).or_default().push(SourceRecord {
+                    offset: message.offset(),
+                    trade_id,
+                });
+            },
+        )?;
         let mut letters = Vec::new();
         if let Some((name, partitions)) = dead_letter_partitions {
-            let consumer = reader(&kafka, AUDIT_GROUP)?;
+            let consumer = reader(&kafka, &settings.group)?;
             let ends: BTreeMap<i32, i64> = list_offsets(
                 &consumer,
                 &name,
@@ -329,7 +332,7 @@ pub async fn run(
                 "reading {} records of {name}",
                 ends.values().sum::<i64>()
             ));
-            read(&kafka, &name, &ends, |_, message| {
+            read(&kafka, &settings.group, &name, &ends, |_, message| {
                 if let Some(origin) = origin(&settings.topic, message) {
                     letters.push(origin);
                 }
@@ -361,14 +364,17 @@ fn origin(topic: &str, message: &rdkafka::message::BorrowedMessage<'_>) -> Optio
 }
 
 /// Reads each partition of `topic` from its start up to (not including) its entry in
-/// `ends`, handing every record to `each`. Blocking.
+/// `ends`, handing every record to `each`. Blocking. The reader carries the audited
+/// `group`'s name, the one group a principal limited by ACLs is sure to be allowed; it
+/// never joins the group or commits.
 fn read(
     kafka: &KafkaOptions,
+    group: &str,
     topic: &str,
     ends: &BTreeMap<i32, i64>,
     mut each: impl FnMut(i32, &rdkafka::message::BorrowedMessage<'_>),
 ) -> Result<(), AdminError> {
-    let consumer = reader(kafka, AUDIT_GROUP)?;
+    let consumer = reader(kafka, group)?;
     let starts = list_offsets(
         &consumer,
         topic,

@@ -1,0 +1,651 @@
+//! ebb against a secured Kafka: the separate local node of `scripts/kafka-local start
+//! --secure` (SASL_SSL with SCRAM-SHA-256 and SCRAM-SHA-512, mutual TLS with the
+//! certificate's CN as principal, a throwaway CA, StandardAuthorizer with per-tenant
+//! prefixed ACLs). Every command that talks to Kafka runs over each way in; a wrong CA,
+//! bad credentials, a wrong mechanism or a plaintext port end with one line naming the
+//! cause within --kafka-timeout; one tenant cannot touch the other's topics or groups.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{Running, http_get, postgres, psql, temp_file, unique, wait_until};
+use ebb_testkit::{SecureKafka, Tenant, secure_kafka};
+use serde_json::Value;
+
+/// The request timeout given to every command here; error cases must end within it (and
+/// process start-up).
+const TIMEOUT_S: u64 = 4;
+
+/// `ebb` with none of the caller's Kafka settings (the tests give them as flags).
+fn ebb() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ebb"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("KAFKA_")
+            || key.starts_with("EBB_")
+            || key.starts_with("BATCH_")
+            || key == "CONSUMER_GROUP"
+            || key == "DATABASE_URL"
+        {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// How a client reaches the secure node.
+#[derive(Clone, Copy)]
+enum Way {
+    Scram256,
+    Scram512,
+    Mtls,
+}
+
+/// The flags for `tenant` over `way`, the SASL password given on the command line.
+fn flags(kafka: &SecureKafka, tenant: &Tenant, way: Way) -> Vec<String> {
+    let mut flags: Vec<String> = vec![
+        "--kafka-timeout".into(),
+        format!("{TIMEOUT_S}s"),
+        "--ssl-ca-location".into(),
+        kafka.ca.display().to_string(),
+    ];
+    match way {
+        Way::Scram256 | Way::Scram512 => {
+            let mechanism = if matches!(way, Way::Scram256) {
+                "SCRAM-SHA-256"
+            } else {
+                "SCRAM-SHA-512"
+            };
+            flags.extend(
+                [
+                    "--bootstrap-servers",
+                    &kafka.sasl_ssl,
+                    "--security-protocol",
+                    "sasl_ssl",
+                    "--sasl-mechanism",
+                    mechanism,
+                    "--sasl-username",
+                    &tenant.user,
+                    "--sasl-password",
+                    &tenant.password,
+                ]
+                .map(String::from),
+            );
+        }
+        Way::Mtls => {
+            flags.extend(
+                [
+                    "--bootstrap-servers",
+                    &kafka.mtls,
+                    "--security-protocol",
+                    "ssl",
+                    "--ssl-certificate-location",
+                    &tenant.certificate.display().to_string(),
+                    "--ssl-key-location",
+                    &tenant.key.display().to_string(),
+                ]
+                .map(String::from),
+            );
+        }
+    }
+    flags
+}
+
+fn run(args: &[&str], flags: &[String]) -> Output {
+    ebb().args(args).args(flags).output().expect("run ebb")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn assert_ok(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// A fresh topic `<tenant>.<name>-...` made with `ebb topic create` over `flags`.
+fn create_topic(tenant: &Tenant, name: &str, partitions: u32, flags: &[String]) -> String {
+    let topic = unique(&format!("{}{name}", tenant.prefix()));
+    let out = run(
+        &[
+            "topic",
+            "create",
+            &topic,
+            "--partitions",
+            &partitions.to_string(),
+        ],
+        flags,
+    );
+    assert_ok("topic create", &out);
+    topic
+}
+
+/// Exactly `count` trades into `topic` with `ebb produce` over `flags`.
+fn produce(topic: &str, count: u64, flags: &[String]) {
+    let out = run(
+        &[
+            "produce",
+            "--topic",
+            topic,
+            "--count",
+            &count.to_string(),
+            "--rate",
+            "5000",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+        flags,
+    );
+    assert_ok("produce", &out);
+}
+
+/// `ebb lag --json` over `flags`: the group's total lag and committed offsets' sum (-1
+/// when the command fails).
+fn lag(topic: &str, group: &str, flags: &[String]) -> (i64, i64) {
+    let out = run(
+        &["lag", "--topic", topic, "--group", group, "--json"],
+        flags,
+    );
+    if !out.status.success() {
+        return (-1, -1);
+    }
+    let lag: Value = serde_json::from_slice(&out.stdout).expect("lag JSON");
+    let committed = lag["partitions"].as_array().map_or(0, |p| {
+        p.iter().filter_map(|r| r["committed"].as_i64()).sum()
+    });
+    (lag["total_lag"].as_i64().unwrap_or(-1), committed)
+}
+
+/// Starts `ebb consume` over `flags` with `extra` settings.
+fn consume(topic: &str, group: &str, flags: &[String], extra: &[&str]) -> Running {
+    let mut command = ebb();
+    command
+        .args(["consume", "--topic", topic, "--group", group])
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .args(extra)
+        .args(flags);
+    Running::spawn(command)
+}
+
+/// Waits until `group` has committed all of `topic` (lag 0, `count` committed).
+fn wait_committed(topic: &str, group: &str, count: i64, flags: &[String]) {
+    wait_until(
+        &format!("{group} to commit {count} records of {topic}"),
+        Duration::from_secs(60),
+        || lag(topic, group, flags) == (0, count),
+    );
+}
+
+/// A failed command: exit 1, one line on stderr, within the timeout, naming `causes`
+/// (each a piece of text the line must hold), and never advising to start the local
+/// broker. Returns the line.
+fn one_line_failure(args: &[&str], flags: &[String], causes: &[&str]) -> String {
+    let started = Instant::now();
+    let out = run(args, flags);
+    let took = started.elapsed();
+    let stderr = text(&out.stderr);
+    // ebb's own progress log ("[time] INFO: Listening on ...") aside.
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.contains("] INFO: "))
+        .collect();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{args:?} should exit 1: {stderr}"
+    );
+    assert_eq!(lines.len(), 1, "{args:?}: one line, got:\n{stderr}");
+    for cause in causes {
+        assert!(
+            lines[0].contains(cause),
+            "{args:?}: no {cause:?} in: {stderr}"
+        );
+    }
+    assert!(
+        !lines[0].contains("kafka-local start"),
+        "{args:?}: wrong advice: {stderr}"
+    );
+    assert!(
+        took < Duration::from_secs(TIMEOUT_S + 3),
+        "{args:?} took {took:?}, timeout {TIMEOUT_S}s"
+    );
+    lines[0].to_string()
+}
+
+/// Stops a consumer with SIGTERM; its output.
+fn stop(consumer: Running) -> Output {
+    consumer.signal(libc::SIGTERM);
+    consumer.finish(Duration::from_secs(30))
+}
+
+#[test]
+fn scram_sha_256_file_sink_and_lag_with_the_password_from_a_file() {
+    let kafka = secure_kafka();
+    let a = &kafka.tenant_a;
+    // The password from a file, as a Kubernetes Secret is mounted, with its newline.
+    let password_file = temp_file("password");
+    std::fs::write(&password_file, format!("{}\n", a.password)).unwrap();
+    let mut flags = flags(&kafka, a, Way::Scram256);
+    let at = flags.iter().position(|f| f == "--sasl-password").unwrap();
+    flags.splice(
+        at..at + 2,
+        [
+            "--sasl-password-file".to_string(),
+            password_file.display().to_string(),
+        ],
+    );
+
+    let topic = create_topic(a, "scram256", 3, &flags);
+    produce(&topic, 300, &flags);
+    let group = unique(&format!("{}file", a.prefix()));
+    let sink = temp_file("out.jsonl");
+    let consumer = consume(
+        &topic,
+        &group,
+        &flags,
+        &["--sink", "file", "--sink-file", sink.to_str().unwrap()],
+    );
+    wait_committed(&topic, &group, 300, &flags);
+    let out = stop(consumer);
+    assert!(out.status.success(), "consumer: {}", text(&out.stderr));
+    assert_eq!(count_lines(&sink), 300, "one line per trade");
+    assert!(
+        !text(&out.stderr).contains(&a.password),
+        "the password is never logged"
+    );
+    let lag_text = text(&run(&["lag", "--topic", &topic, "--group", &group], &flags).stdout);
+    assert!(lag_text.contains("TOTAL"), "{lag_text}");
+
+    // A missing password file: a usage error naming it.
+    let mut missing = flags.clone();
+    missing[at + 1] = "/nonexistent/ebb-password".into();
+    let out = run(&["topic", "list"], &missing);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("/nonexistent/ebb-password"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn scram_sha_512_postgres_sink_and_audit() {
+    let kafka = secure_kafka();
+    let b = &kafka.tenant_b;
+    let flags = flags(&kafka, b, Way::Scram512);
+    let url = postgres();
+    let table = unique("secure_trades").replace('-', "_");
+    let topic = create_topic(b, "scram512", 2, &flags);
+    produce(&topic, 200, &flags);
+    let group = unique(&format!("{}pg", b.prefix()));
+    let consumer = consume(
+        &topic,
+        &group,
+        &flags,
+        &[
+            "--sink",
+            "postgres",
+            "--database-url",
+            &url,
+            "--database-table",
+            &table,
+        ],
+    );
+    wait_committed(&topic, &group, 200, &flags);
+    let out = stop(consumer);
+    assert!(out.status.success(), "consumer: {}", text(&out.stderr));
+    assert_eq!(psql(&url, &format!("SELECT count(*) FROM {table}")), "200");
+    let out = run(
+        &[
+            "audit",
+            "--topic",
+            &topic,
+            "--group",
+            &group,
+            "--database-url",
+            &url,
+            "--database-table",
+            &table,
+        ],
+        &flags,
+    );
+    assert_ok("audit", &out);
+}
+
+#[test]
+fn mutual_tls_stdout_sink_and_scale() {
+    let kafka = secure_kafka();
+    let a = &kafka.tenant_a;
+    let flags = flags(&kafka, a, Way::Mtls);
+    let topic = create_topic(a, "mtls", 2, &flags);
+    produce(&topic, 100, &flags);
+
+    let group = unique(&format!("{}stdout", a.prefix()));
+    let consumer = consume(&topic, &group, &flags, &["--sink", "stdout"]);
+    wait_committed(&topic, &group, 100, &flags);
+    let out = stop(consumer);
+    assert!(out.status.success(), "consumer: {}", text(&out.stderr));
+    let lines = text(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .count();
+    assert_eq!(lines, 100, "a JSON line per trade on stdout");
+
+    // ebb scale passes the certificate to its workers.
+    let group = unique(&format!("{}scale", a.prefix()));
+    let mut command = ebb();
+    command
+        .args(["scale", "--topic", &topic, "--group", &group])
+        .args(["--policy", "ebb-rate", "--capacity", "1000"])
+        .args(["--metrics-addr", "127.0.0.1:0", "--interval", "1s"])
+        .args(["--worker-port-base", &port_base().to_string()])
+        .args(&flags)
+        .args(["--", "--sink", "sim"]);
+    let mut scale = Running::spawn(command);
+    let addr = scale.address("--metrics-addr");
+    wait_committed(&topic, &group, 100, &flags);
+    assert!(http_get(&format!("http://{addr}/metrics")).is_some());
+    scale.signal(libc::SIGTERM);
+    let out = scale.finish(Duration::from_secs(60));
+    assert!(out.status.success(), "scale: {}", text(&out.stderr));
+}
+
+/// Ten ports from a base ending in 0 that bind now, for `ebb scale`'s workers.
+fn port_base() -> u16 {
+    loop {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+        let base = (probe.local_addr().expect("port").port() / 10).max(2000) * 10;
+        drop(probe);
+        if (base..base + 10).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+}
+
+#[test]
+fn keda_scaler_over_scram_sha_512() {
+    use ebb_testkit::kube::tool;
+    let kafka = secure_kafka();
+    let b = &kafka.tenant_b;
+    let flags = flags(&kafka, b, Way::Scram512);
+    let topic = create_topic(b, "keda", 2, &flags);
+    produce(&topic, 1_000, &flags);
+
+    let mut command = ebb();
+    command
+        .args(["keda-scaler", "--addr", "127.0.0.1:0"])
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .args(&flags);
+    let mut scaler = Running::spawn(command);
+    let grpc = scaler.address("--addr");
+    let metadata = serde_json::json!({
+        "topic": topic,
+        "group": unique(&format!("{}keda", b.prefix())),
+        "capacityPerReplica": "100",
+        "targetDrainSeconds": "60",
+        "intervalSeconds": "0",
+        "upSettleSeconds": "0",
+        "scalerAddress": "ignored-by-ebb:9090",
+    });
+    let out = Command::new(tool("keda-extscaler-client"))
+        .args(["--addr", &grpc, "--name", "secure", "--namespace", "tests"])
+        .args(["--metadata", &metadata.to_string()])
+        .output()
+        .expect("run keda-extscaler-client");
+    let _ = scaler.child.kill();
+    let _ = scaler.child.wait();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let answer: Value = serde_json::from_slice(&out.stdout).expect("KEDA client JSON");
+    assert!(
+        answer["error"].is_null(),
+        "KEDA's client got an error: {answer}"
+    );
+    assert_eq!(answer["isActive"], Value::Bool(true), "{answer}");
+    // 1,000 records to drain in 60 s at 100 msg/s per replica: 1,000 / 60 / 100 -> 1.
+    assert_eq!(
+        answer["metricValues"][0]["metricValueFloat"].as_f64(),
+        Some(1.0),
+        "{answer}"
+    );
+}
+
+#[test]
+fn a_wrong_ca_or_an_unaccepted_client_certificate_is_one_line() {
+    let kafka = secure_kafka();
+    let a = &kafka.tenant_a;
+    let ca = kafka.ca.display().to_string();
+    let other_ca = kafka.other_ca.display().to_string();
+
+    let mut sasl = flags(&kafka, a, Way::Scram256);
+    let at = sasl.iter().position(|f| *f == ca).unwrap();
+    sasl[at] = other_ca.clone();
+    one_line_failure(&["topic", "list"], &sasl, &["certificate verify failed"]);
+    one_line_failure(
+        &["lag", "--topic", "tenant-a.x", "--group", "tenant-a.g"],
+        &sasl,
+        &["certificate verify failed"],
+    );
+
+    // The broker's CA is right, the client certificate is from the other CA, or missing.
+    let mut foreign = flags(&kafka, a, Way::Mtls);
+    let (certificate, key) = &kafka.other_ca_client;
+    let at = foreign
+        .iter()
+        .position(|f| f == "--ssl-certificate-location")
+        .unwrap();
+    foreign[at + 1] = certificate.display().to_string();
+    foreign[at + 3] = key.display().to_string();
+    one_line_failure(
+        &["topic", "list"],
+        &foreign,
+        &["did not accept this client's certificate"],
+    );
+    let none: Vec<String> = foreign[..at].to_vec();
+    one_line_failure(
+        &["topic", "list"],
+        &none,
+        &["did not accept this client's certificate"],
+    );
+}
+
+#[test]
+fn bad_password_wrong_mechanism_and_a_plaintext_port_name_the_cause() {
+    let kafka = secure_kafka();
+    let a = &kafka.tenant_a;
+    let good = flags(&kafka, a, Way::Scram256);
+    let topic = create_topic(a, "auth", 1, &good);
+    produce(&topic, 10, &good);
+
+    let mut bad = good.clone();
+    let at = bad.iter().position(|f| f == "--sasl-password").unwrap();
+    bad[at + 1] = "not-the-password".into();
+    let group = unique(&format!("{}badpw", a.prefix()));
+    let line = one_line_failure(
+        &[
+            "consume",
+            "--topic",
+            &topic,
+            "--group",
+            &group,
+            "--sink",
+            "sim",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+        &bad,
+        &["127.0.0.1", "Authentication failed", "SCRAM-SHA-256"],
+    );
+    assert!(!line.contains("not-the-password"), "{line}");
+    // Nothing was committed: the group is unknown to the broker.
+    let out = run(&["lag", "--topic", &topic, "--group", &group], &good);
+    assert!(
+        text(&out.stderr).contains("is unknown"),
+        "{}",
+        text(&out.stderr)
+    );
+    one_line_failure(
+        &[
+            "produce",
+            "--topic",
+            &topic,
+            "--count",
+            "1",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+        &bad,
+        &["Authentication failed"],
+    );
+
+    let mut plain = good.clone();
+    let at = plain.iter().position(|f| f == "SCRAM-SHA-256").unwrap();
+    plain[at] = "PLAIN".into();
+    one_line_failure(&["topic", "list"], &plain, &["Unsupported SASL mechanism"]);
+
+    // SASL against the plaintext local broker's port.
+    let plaintext = ebb_testkit::kafka();
+    let mut sasl_plain = good.clone();
+    let at = sasl_plain
+        .iter()
+        .position(|f| *f == kafka.sasl_ssl)
+        .unwrap();
+    sasl_plain[at] = plaintext.clone();
+    one_line_failure(
+        &["topic", "list"],
+        &sasl_plain,
+        &["SSL handshake failed", "PLAINTEXT"],
+    );
+    let at = sasl_plain.iter().position(|f| f == "sasl_ssl").unwrap();
+    sasl_plain[at] = "sasl_plaintext".into();
+    one_line_failure(
+        &["topic", "list"],
+        &sasl_plain,
+        &["SASL", "handshake failed"],
+    );
+
+    // Nothing listening at a local plaintext address: then, and only then, the advice.
+    let port = ebb_testkit::free_port();
+    let out = run(
+        &[
+            "topic",
+            "list",
+            "--bootstrap-servers",
+            &format!("127.0.0.1:{port}"),
+        ],
+        &["--kafka-timeout".into(), "2s".into()],
+    );
+    assert!(
+        text(&out.stderr).contains("scripts/kafka-local start"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn tenants_are_isolated_and_dead_letters_stay_in_the_prefix() {
+    let kafka = secure_kafka();
+    let (a, b) = (&kafka.tenant_a, &kafka.tenant_b);
+    let as_a = flags(&kafka, a, Way::Scram512);
+    let as_b = flags(&kafka, b, Way::Scram256);
+    let theirs = create_topic(b, "orders", 1, &as_b);
+    produce(&theirs, 5, &as_b);
+
+    one_line_failure(
+        &["topic", "create", "tenant-b.not-yours", "--partitions", "1"],
+        &as_a,
+        &["not authorized to create topic tenant-b.not-yours as User:tenant-a"],
+    );
+    one_line_failure(
+        &[
+            "produce",
+            "--topic",
+            &theirs,
+            "--count",
+            "1",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+        &as_a,
+        &[&format!(
+            "not authorized to describe topic {theirs} as User:tenant-a"
+        )],
+    );
+    let group = unique(&format!("{}reader", a.prefix()));
+    one_line_failure(
+        &[
+            "consume",
+            "--topic",
+            &theirs,
+            "--group",
+            &group,
+            "--sink",
+            "sim",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+        &as_a,
+        &[&format!("not authorized to describe topic {theirs}")],
+    );
+    // The same principal through its certificate.
+    one_line_failure(
+        &["lag", "--topic", &theirs, "--group", &group],
+        &flags(&kafka, a, Way::Mtls),
+        &[
+            &format!("not authorized to describe topic {theirs}"),
+            "CN=tenant-a",
+        ],
+    );
+
+    // Its own topic, with the other tenant's group: joining (and so committing) refused.
+    let mine = create_topic(a, "mine", 1, &as_a);
+    let bad_record: &[u8] = b"not a trade";
+    ebb_testkit::produce_raw_with(
+        kafka.sasl_config(a, "SCRAM-SHA-512"),
+        &mine,
+        &[(None, Some(bad_record))],
+    );
+    produce(&mine, 10, &as_a);
+    let their_group = unique(&format!("{}group", b.prefix()));
+    let out =
+        consume(&mine, &their_group, &as_a, &["--sink", "sim"]).finish(Duration::from_secs(30));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    assert!(
+        errors[0].contains(&format!(
+            "not authorized to use group {their_group} as User:tenant-a"
+        )),
+        "{stderr}"
+    );
+    one_line_failure(
+        &["lag", "--topic", &mine, "--group", &their_group],
+        &as_a,
+        &[&format!("not authorized to use group {their_group}")],
+    );
+
+    // Its own group: the malformed record goes to <topic>.dlq, inside tenant-a's prefix.
+    let group = unique(&format!("{}dlq", a.prefix()));
+    let consumer = consume(&mine, &group, &as_a, &["--sink", "sim"]);
+    wait_committed(&mine, &group, 11, &as_a);
+    let out = stop(consumer);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = text(&run(&["topic", "list"], &as_a).stdout);
+    assert!(listed.contains(&format!("{mine}.dlq")), "{listed}");
+    assert!(
+        !listed.contains("tenant-b."),
+        "tenant-a sees only its topics: {listed}"
+    );
+}
+
+/// The number of lines in a file (0 if absent).
+fn count_lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
