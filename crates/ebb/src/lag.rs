@@ -27,32 +27,36 @@ pub struct LagArgs {
 pub async fn run(args: LagArgs) -> anyhow::Result<ExitCode> {
     let lag = group_lag(&args.kafka.options()?, &args.group, &args.topic).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&lag)?);
+        out!("{}", serde_json::to_string_pretty(&lag)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("group {} on {} ({})", lag.group, lag.topic, lag.state);
-    println!(
+    out!("group {} on {} ({})", lag.group, lag.topic, lag.state)?;
+    out!(
         "{:>9}  {:>12}  {:>12}  {:>10}  {:>10}",
-        "PARTITION", "COMMITTED", "LOG-END", "LAG", "TIME-LAG"
-    );
+        "PARTITION",
+        "COMMITTED",
+        "LOG-END",
+        "LAG",
+        "TIME-LAG"
+    )?;
     let seconds = |t: Option<f64>| t.map_or("-".to_string(), |s| format!("{s:.1}s"));
     for p in &lag.partitions {
         let committed = p.committed.map_or("-".to_string(), |c| c.to_string());
-        println!(
+        out!(
             "{:>9}  {committed:>12}  {:>12}  {:>10}  {:>10}",
             p.partition,
             p.log_end,
             p.lag,
             seconds(p.time_lag_s)
-        );
+        )?;
     }
-    println!(
+    out!(
         "{:>9}  {:>12}  {:>12}  {:>10}  {:>10}",
         "TOTAL",
         "",
         "",
         lag.total_lag,
         seconds(lag.max_time_lag_s)
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

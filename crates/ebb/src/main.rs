@@ -1,6 +1,16 @@
 //! `ebb`: elastic micro-batch processing for Kafka. This file parses the command line,
 //! sets up logging and hands over to one module per subcommand.
 
+/// `println!` for a command's results that returns the write error instead of panicking,
+/// so that a reader closing the pipe early (`ebb topic list | head -1`) ends the command
+/// quietly (see `main`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod args;
 mod audit;
 mod consume;
@@ -103,6 +113,16 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        // The reader of our output went away (`| head`): nothing is wrong with ebb.
+        Err(e)
+            if e.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             let usage = e.downcast_ref::<UsageError>().is_some();
             // The library words its errors by concept; name the flags here.

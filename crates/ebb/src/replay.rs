@@ -93,9 +93,9 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+        out!("{}", serde_json::to_string_pretty(&plan)?)?;
     } else {
-        print_table(&plan);
+        print_table(&plan)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -125,7 +125,7 @@ fn host_name() -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
-fn print_table(plan: &ReplayPlan) {
+fn print_table(plan: &ReplayPlan) -> std::io::Result<()> {
     // --by-duration's time is worked out now: show it (--to-time's is in the mode already).
     let time = match &plan.time {
         Some(t) if !plan.mode.contains(t.as_str()) => format!(" (from {t})"),
@@ -136,14 +136,21 @@ fn print_table(plan: &ReplayPlan) {
         (state, 1) => format!("{state}, 1 member"),
         (state, n) => format!("{state}, {n} members"),
     };
-    println!(
+    out!(
         "replay of group {} on {}: {}{time}; the group is {group}",
-        plan.group, plan.topic, plan.mode
-    );
-    println!(
+        plan.group,
+        plan.topic,
+        plan.mode
+    )?;
+    out!(
         "{:>9}  {:>12}  {:>12}  {:>12}  {:>12}  {:>10}  NOTE",
-        "PARTITION", "COMMITTED", "LOG-END", "TARGET", "REPROCESS", "SKIP"
-    );
+        "PARTITION",
+        "COMMITTED",
+        "LOG-END",
+        "TARGET",
+        "REPROCESS",
+        "SKIP"
+    )?;
     for p in &plan.partitions {
         let line = format!(
             "{:>9}  {:>12}  {:>12}  {:>12}  {:>12}  {:>10}  {}",
@@ -155,23 +162,30 @@ fn print_table(plan: &ReplayPlan) {
             p.skip,
             p.note.as_deref().unwrap_or("")
         );
-        println!("{}", line.trim_end());
+        out!("{}", line.trim_end())?;
     }
-    println!(
+    out!(
         "{:>9}  {:>12}  {:>12}  {:>12}  {:>12}  {:>10}",
-        "TOTAL", "", "", "", plan.total_reprocess, plan.total_skip
-    );
+        "TOTAL",
+        "",
+        "",
+        "",
+        plan.total_reprocess,
+        plan.total_skip
+    )?;
     if plan.applied {
-        println!(
+        out!(
             "applied: group {} reads {} from the targets above",
-            plan.group, plan.topic
-        );
+            plan.group,
+            plan.topic
+        )?;
     } else if plan.members > 0 {
-        println!(
+        out!(
             "dry run: nothing changed; applying needs the group's {} member(s) stopped first",
             plan.members
-        );
+        )?;
     } else {
-        println!("dry run: nothing changed; run again without --dry-run to apply");
+        out!("dry run: nothing changed; run again without --dry-run to apply")?;
     }
+    Ok(())
 }

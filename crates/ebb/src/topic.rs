@@ -52,16 +52,18 @@ pub async fn run(command: TopicCommand) -> anyhow::Result<ExitCode> {
                 .create_topic(&args.name, args.partitions, args.replication, &args.configs)
                 .await
             {
-                Ok(()) => println!(
+                Ok(()) => out!(
                     "created topic {} ({} partitions, replication {})",
-                    args.name, args.partitions, args.replication
-                ),
+                    args.name,
+                    args.partitions,
+                    args.replication
+                )?,
                 Err(AdminError::TopicExists(name)) if args.if_not_exists => {
                     let info = admin.topic(&name).await?;
-                    println!(
+                    out!(
                         "topic {name} already exists ({} partitions)",
                         info.partitions
-                    );
+                    )?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -75,12 +77,14 @@ pub async fn run(command: TopicCommand) -> anyhow::Result<ExitCode> {
                 .max()
                 .unwrap_or(5)
                 .max(5);
-            println!("{:width$}  PARTITIONS  REPLICATION", "TOPIC");
+            out!("{:width$}  PARTITIONS  REPLICATION", "TOPIC")?;
             for t in topics {
-                println!(
+                out!(
                     "{:width$}  {:>10}  {:>11}",
-                    t.name, t.partitions, t.replication
-                );
+                    t.name,
+                    t.partitions,
+                    t.replication
+                )?;
             }
         }
     }
