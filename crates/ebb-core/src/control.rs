@@ -157,15 +157,6 @@ mod tests {
             .unwrap_or(0)
     }
 
-    fn put(addr: SocketAddr, body: &str, authorization: Option<&str>) -> u16 {
-        let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-        let request = format!(
-            "PUT /rate HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        exchange(addr, request.as_bytes())
-    }
-
     #[test]
     fn a_listener_beyond_loopback_without_a_token_refuses_changes() {
         let any: SocketAddr = "0.0.0.0:8001".parse().unwrap();
@@ -191,25 +182,32 @@ mod tests {
         assert_eq!(refused.unwrap_err().0, StatusCode::FORBIDDEN);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    /// One request through the router itself (no socket): its status.
+    async fn call(router: &Router, body: String, authorization: Option<&str>) -> u16 {
+        use tower::ServiceExt;
+        let mut request = axum::http::Request::put("/rate");
+        if let Some(authorization) = authorization {
+            request = request.header(header::AUTHORIZATION, authorization);
+        }
+        let request = request.body(axum::body::Body::from(body)).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        response.status().as_u16()
+    }
+
+    #[tokio::test]
     async fn changes_need_the_token_and_a_small_well_formed_profile() {
-        let (addr, rate) = serve(RateChanges::for_listener(
-            "0.0.0.0:0".parse().unwrap(),
-            Some("s3cret"),
-        ))
-        .await;
-        let outcome = tokio::task::spawn_blocking(move || {
-            [
-                put(addr, "500", None),
-                put(addr, "500", Some("Bearer wrong")),
-                put(addr, "500", Some("Basic czNjcmV0")),
-                put(addr, "lots", Some("Bearer s3cret")),
-                put(addr, &"9".repeat(MAX_BODY_BYTES + 1), Some("Bearer s3cret")),
-                put(addr, "500", Some("Bearer s3cret")),
-            ]
-        })
-        .await
-        .unwrap();
+        let rate = Arc::new(RateControl::new("100".parse().unwrap()));
+        let changes = RateChanges::for_listener("0.0.0.0:0".parse().unwrap(), Some("s3cret"));
+        let router = rate_routes(rate.clone(), changes);
+        let token = Some("Bearer s3cret");
+        let outcome = [
+            call(&router, "500".into(), None).await,
+            call(&router, "500".into(), Some("Bearer wrong")).await,
+            call(&router, "500".into(), Some("Basic czNjcmV0")).await,
+            call(&router, "lots".into(), token).await,
+            call(&router, "9".repeat(MAX_BODY_BYTES + 1), token).await,
+            call(&router, "500".into(), token).await,
+        ];
         assert_eq!(outcome, [401, 401, 401, 400, 413, 200]);
         assert_eq!(rate.get().to_string(), "500");
     }

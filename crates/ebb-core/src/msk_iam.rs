@@ -54,6 +54,28 @@ pub enum MskIamError {
     /// librdkafka did not take the token.
     #[error("librdkafka refused the MSK IAM token: {0}")]
     Refused(String),
+    /// The web identity token file cannot be read.
+    #[error("cannot read AWS_WEB_IDENTITY_TOKEN_FILE {path}: {source}")]
+    WebIdentityTokenFile {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A web identity token without the role to assume.
+    #[error(
+        "AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN is not: set the role to assume (EKS sets both for a service account annotated with eks.amazonaws.com/role-arn)"
+    )]
+    WebIdentityWithoutRole,
+    /// STS could not be reached or refused the exchange.
+    #[error("STS AssumeRoleWithWebIdentity at {url}: {reason}")]
+    Sts {
+        /// The endpoint.
+        url: String,
+        /// What went wrong (STS's own error code and message when it sent one).
+        reason: String,
+    },
 }
 
 /// AWS credentials.
@@ -76,10 +98,16 @@ impl std::fmt::Debug for AwsCredentials {
 }
 
 /// MSK IAM for one region.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct MskIam {
     /// The cluster's region (`AWS_REGION`).
     pub region: String,
+    /// How long each token is valid: [`TOKEN_LIFETIME`], as MSK's own signers set it
+    /// (shorter only in tests of the refresh schedule).
+    pub lifetime: Duration,
+    /// Credentials to sign with instead of finding them in the environment (a caller
+    /// that has its own; tests). `None`: [`find_credentials`] at every token.
+    pub credentials: Option<AwsCredentials>,
 }
 
 /// A signed token and when it expires.
@@ -91,7 +119,26 @@ pub struct MskToken {
     pub expires_ms: i64,
 }
 
+impl std::fmt::Debug for MskIam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MskIam")
+            .field("region", &self.region)
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
 impl MskIam {
+    /// MSK IAM for `region`, with MSK's token lifetime and credentials from the
+    /// environment.
+    pub fn new(region: impl Into<String>) -> Self {
+        MskIam {
+            region: region.into(),
+            lifetime: TOKEN_LIFETIME,
+            credentials: None,
+        }
+    }
+
     /// The token in the form librdkafka's OAUTHBEARER refresh wants.
     pub fn oauth_token(&self) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
         let token = self.token()?;
@@ -104,7 +151,12 @@ impl MskIam {
 
     /// A token signed now with the credentials found in the environment.
     pub fn token(&self) -> Result<MskToken, MskIamError> {
-        let credentials = find_credentials()?;
+        let credentials = match &self.credentials {
+            Some(credentials) => credentials.clone(),
+            None => find_credentials(&self.region, &|name| {
+                std::env::var(name).ok().filter(|v| !v.is_empty())
+            })?,
+        };
         Ok(self.token_with(&credentials, SystemTime::now()))
     }
 
@@ -121,7 +173,7 @@ impl MskIam {
                 region: &self.region,
                 params: &[("Action", "kafka-cluster:Connect")],
                 payload_hash: &empty_payload,
-                expires: TOKEN_LIFETIME,
+                expires: self.lifetime,
                 now,
             },
         );
@@ -134,7 +186,7 @@ impl MskIam {
             .map_or(0, |d| d.as_secs() as i64);
         MskToken {
             token: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(url),
-            expires_ms: (signed_at + TOKEN_LIFETIME.as_secs() as i64) * 1000,
+            expires_ms: signed_at * 1000 + self.lifetime.as_millis() as i64,
         }
     }
 }
@@ -227,10 +279,14 @@ fn encode(text: &str) -> String {
     out
 }
 
-/// Credentials from the environment variables, else from the container credentials
-/// endpoint (EKS Pod Identity, ECS task roles).
-pub fn find_credentials() -> Result<AwsCredentials, MskIamError> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+/// Credentials as the AWS SDKs find them, reading variables through `var`: the key
+/// variables, else a web identity exchanged with STS (IRSA), else the container
+/// credentials endpoint (EKS Pod Identity, ECS task roles). `region` picks the regional
+/// STS endpoint unless `AWS_ENDPOINT_URL_STS` names one.
+pub fn find_credentials(
+    region: &str,
+    var: &dyn Fn(&str) -> Option<String>,
+) -> Result<AwsCredentials, MskIamError> {
     if let (Some(access_key_id), Some(secret_access_key)) =
         (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"))
     {
@@ -239,6 +295,25 @@ pub fn find_credentials() -> Result<AwsCredentials, MskIamError> {
             secret_access_key,
             session_token: var("AWS_SESSION_TOKEN"),
         });
+    }
+    if let Some(path) = var("AWS_WEB_IDENTITY_TOKEN_FILE") {
+        let role_arn = var("AWS_ROLE_ARN").ok_or(MskIamError::WebIdentityWithoutRole)?;
+        let token = std::fs::read_to_string(&path)
+            .map_err(|source| MskIamError::WebIdentityTokenFile {
+                path: path.clone(),
+                source,
+            })?
+            .trim()
+            .to_string();
+        let endpoint = var("AWS_ENDPOINT_URL_STS")
+            .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+        let session = var("AWS_ROLE_SESSION_NAME").unwrap_or_else(|| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            format!("ebb-{}", now.as_secs())
+        });
+        return assume_role_with_web_identity(&endpoint, &role_arn, &session, &token);
     }
     let url = match (
         var("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
@@ -262,6 +337,96 @@ pub fn find_credentials() -> Result<AwsCredentials, MskIamError> {
     };
     let body = http_get(&url, authorization.as_deref())?;
     parse_container_credentials(&body).map_err(|source| MskIamError::Reply { url, source })
+}
+
+/// STS `AssumeRoleWithWebIdentity` (an unsigned call: the web identity token is the
+/// proof) at `endpoint`: temporary credentials for `role_arn`. Blocking, like the rest
+/// of the token refresh, which runs on librdkafka's thread.
+fn assume_role_with_web_identity(
+    endpoint: &str,
+    role_arn: &str,
+    session: &str,
+    web_identity_token: &str,
+) -> Result<AwsCredentials, MskIamError> {
+    let url = format!("{}/", endpoint.trim_end_matches('/'));
+    let failed = |reason: String| MskIamError::Sts {
+        url: url.clone(),
+        reason,
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let form = [
+        ("Action", "AssumeRoleWithWebIdentity"),
+        ("Version", "2011-06-15"),
+        ("RoleArn", role_arn),
+        ("RoleSessionName", session),
+        ("WebIdentityToken", web_identity_token),
+    ];
+    let mut response = agent
+        .post(&url)
+        .header("Accept", "application/xml")
+        .send_form(form)
+        // ureq's errors name the URL and the transport failure, never the form.
+        .map_err(|e| failed(e.to_string()))?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| failed(e.to_string()))?;
+    parse_sts_reply(status, &body).map_err(failed)
+}
+
+/// The credentials in STS's XML reply, or STS's error code and message.
+fn parse_sts_reply(status: u16, body: &str) -> Result<AwsCredentials, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Reply {
+        assume_role_with_web_identity_result: ReplyResult,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct ReplyResult {
+        credentials: Credentials,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Credentials {
+        access_key_id: String,
+        secret_access_key: String,
+        session_token: String,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct ErrorReply {
+        error: StsError,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct StsError {
+        code: String,
+        message: Option<String>,
+    }
+    if status != 200 {
+        return Err(match quick_xml::de::from_str::<ErrorReply>(body) {
+            Ok(reply) => format!(
+                "HTTP {status}, {}: {}",
+                reply.error.code,
+                reply.error.message.unwrap_or_default()
+            ),
+            Err(_) => format!("HTTP {status}"),
+        });
+    }
+    let reply: Reply = quick_xml::de::from_str(body)
+        .map_err(|e| format!("unexpected reply (no credentials in it): {e}"))?;
+    let credentials = reply.assume_role_with_web_identity_result.credentials;
+    Ok(AwsCredentials {
+        access_key_id: credentials.access_key_id,
+        secret_access_key: credentials.secret_access_key,
+        session_token: Some(credentials.session_token),
+    })
 }
 
 fn parse_container_credentials(body: &str) -> Result<AwsCredentials, serde_json::Error> {
@@ -334,9 +499,7 @@ mod tests {
 
     #[test]
     fn the_token_is_a_base64url_presigned_connect_url() {
-        let iam = MskIam {
-            region: "us-east-1".into(),
-        };
+        let iam = MskIam::new("us-east-1");
         let mut credentials = example_credentials();
         credentials.session_token = Some("session/token+1".into());
         let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
@@ -378,6 +541,151 @@ mod tests {
             !format!("{c:?}").contains("s3cr3t"),
             "secrets stay out of logs"
         );
+    }
+
+    /// A one-shot HTTP server on a loopback port: it answers `status` and `body` to the
+    /// first request and hands the request (head and body) back.
+    fn stub(status: &'static str, body: &'static str) -> (u16, std::thread::JoinHandle<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            let (name, value) = l.split_once(':')?;
+                            name.eq_ignore_ascii_case("content-length")
+                                .then(|| value.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if rest.len() >= length {
+                        break;
+                    }
+                }
+                let n = stream.read(&mut chunk).unwrap();
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&chunk[..n]);
+            }
+            let reply = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(reply.as_bytes()).unwrap();
+            String::from_utf8_lossy(&request).to_string()
+        });
+        (port, server)
+    }
+
+    /// The environment of a pod with IRSA, its STS endpoint at `port`.
+    fn irsa_environment(
+        port: u16,
+        token_file: &std::path::Path,
+    ) -> impl Fn(&str) -> Option<String> {
+        let token_file = token_file.display().to_string();
+        move |name: &str| match name {
+            "AWS_WEB_IDENTITY_TOKEN_FILE" => Some(token_file.clone()),
+            "AWS_ROLE_ARN" => Some("arn:aws:iam::123456789012:role/ebb-consumer".into()),
+            "AWS_ROLE_SESSION_NAME" => Some("ebb-test".into()),
+            "AWS_ENDPOINT_URL_STS" => Some(format!("http://127.0.0.1:{port}")),
+            _ => None,
+        }
+    }
+
+    fn token_file(contents: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "ebb-web-identity-{}-{}",
+            std::process::id(),
+            contents.len()
+        ));
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_web_identity_is_exchanged_with_sts_for_credentials() {
+        let (port, server) = stub(
+            "200 OK",
+            r#"<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleWithWebIdentityResult>
+    <SubjectFromWebIdentityToken>system:serviceaccount:ebb:ebb</SubjectFromWebIdentityToken>
+    <Credentials>
+      <AccessKeyId>ASIAIRSA</AccessKeyId>
+      <SecretAccessKey>irsa-secret</SecretAccessKey>
+      <SessionToken>irsa-session</SessionToken>
+      <Expiration>2026-11-27T12:00:00Z</Expiration>
+    </Credentials>
+  </AssumeRoleWithWebIdentityResult>
+  <ResponseMetadata><RequestId>1</RequestId></ResponseMetadata>
+</AssumeRoleWithWebIdentityResponse>"#,
+        );
+        let file = token_file("eyJ.web-identity.sig\n");
+        let credentials = find_credentials("eu-west-1", &irsa_environment(port, &file)).unwrap();
+        assert_eq!(credentials.access_key_id, "ASIAIRSA");
+        assert_eq!(credentials.secret_access_key, "irsa-secret");
+        assert_eq!(credentials.session_token.as_deref(), Some("irsa-session"));
+        // The request's shape, as STS documents it: a form POST, unsigned.
+        let request = server.join().unwrap();
+        let (head, body) = request.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("POST / HTTP/1.1\r\n"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/x-www-form-urlencoded"),
+            "{head}"
+        );
+        assert!(
+            !head.to_ascii_lowercase().contains("authorization:"),
+            "{head}"
+        );
+        let mut params: Vec<&str> = body.split('&').collect();
+        params.sort_unstable();
+        assert_eq!(
+            params,
+            [
+                "Action=AssumeRoleWithWebIdentity",
+                "RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Febb-consumer",
+                "RoleSessionName=ebb-test",
+                "Version=2011-06-15",
+                "WebIdentityToken=eyJ.web-identity.sig",
+            ]
+        );
+        let _ = std::fs::remove_file(file);
+    }
+
+    #[test]
+    fn sts_refusals_name_stss_reason_and_never_the_token() {
+        let (port, server) = stub(
+            "400 Bad Request",
+            "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code><Message>Couldn't retrieve verification key from your identity provider</Message></Error><RequestId>2</RequestId></ErrorResponse>",
+        );
+        let file = token_file("eyJ.secret-web-identity-token.sig");
+        let error = find_credentials("eu-west-1", &irsa_environment(port, &file))
+            .unwrap_err()
+            .to_string();
+        server.join().unwrap();
+        assert!(error.contains("InvalidIdentityToken"), "{error}");
+        assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
+        assert!(!error.contains("secret-web-identity-token"), "{error}");
+        let _ = std::fs::remove_file(file);
+
+        let without_role = |name: &str| {
+            (name == "AWS_WEB_IDENTITY_TOKEN_FILE").then(|| "/var/run/token".to_string())
+        };
+        assert!(matches!(
+            find_credentials("eu-west-1", &without_role),
+            Err(MskIamError::WebIdentityWithoutRole)
+        ));
+        let nothing = |_: &str| None;
+        assert!(matches!(
+            find_credentials("eu-west-1", &nothing),
+            Err(MskIamError::NoCredentials)
+        ));
     }
 
     #[test]
