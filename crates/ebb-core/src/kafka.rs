@@ -123,6 +123,10 @@ pub enum SettingError {
     /// An extra librdkafka property not written `key=value`.
     #[error("\"{0}\" is not a librdkafka property written key=value, e.g. fetch.max.bytes=1048576")]
     NotKeyValue(String),
+    /// librdkafka refused an extra property: an unknown name or a bad value. Holds the
+    /// property's name and librdkafka's reason.
+    #[error("librdkafka refused the property {0}: {1}")]
+    BadProperty(String, String),
 }
 
 impl Default for KafkaOptions {
@@ -222,6 +226,17 @@ impl KafkaOptions {
             }
             if self.security_protocol != SecurityProtocol::SaslSsl {
                 return Err(SettingError::MskIamWithoutSaslSsl(self.security_protocol));
+            }
+        }
+        // librdkafka checks each property's name and value as it is set, before any client
+        // exists: a bad one is a settings error now rather than a failure at connect time.
+        for (key, value) in &self.extra {
+            let mut probe = ClientConfig::new();
+            probe.set(key, value);
+            if let Err(e) = probe.create_native_config() {
+                // librdkafka's reason may quote the value, which may be a secret.
+                let reason = e.to_string().replace(value.as_str(), "<value>");
+                return Err(SettingError::BadProperty(key.clone(), reason));
             }
         }
         Ok(())
@@ -615,6 +630,24 @@ mod tests {
             options.client_config().get("bootstrap.servers"),
             Some("h:2")
         );
+    }
+
+    #[test]
+    fn librdkafka_refusing_a_property_is_a_settings_error_that_never_quotes_the_value() {
+        let mut options = KafkaOptions::new("b-1:9092");
+        options.extra = vec![("no.such.property".into(), "1".into())];
+        assert!(matches!(
+            options.validate(),
+            Err(SettingError::BadProperty(key, _)) if key == "no.such.property"
+        ));
+        options.extra = vec![("fetch.wait.max.ms".into(), "s3cret-value".into())];
+        let error = options.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("fetch.wait.max.ms") && !error.contains("s3cret-value"),
+            "{error}"
+        );
+        options.extra = vec![("fetch.wait.max.ms".into(), "50".into())];
+        assert_eq!(options.validate(), Ok(()));
     }
 
     #[test]

@@ -140,24 +140,33 @@ impl KafkaArgs {
 /// The SASL password in `path`, without the trailing newline an editor or `echo` leaves;
 /// the error names the file and the flag, never the content.
 fn read_password_file(path: &Path) -> Result<String, UsageError> {
+    read_secret_file(
+        path,
+        "the SASL password",
+        "--sasl-password-file / KAFKA_SASL_PASSWORD_FILE",
+    )
+}
+
+/// A secret kept in a file (a Kubernetes Secret mounted as one), without one trailing
+/// newline; errors name the file and the setting, never the content.
+fn read_secret_file(path: &Path, what: &str, setting: &str) -> Result<String, UsageError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         UsageError(format!(
-            "cannot read the SASL password from {} (--sasl-password-file / \
-             KAFKA_SASL_PASSWORD_FILE): {e}",
+            "cannot read {what} from {} ({setting}): {e}",
             path.display()
         ))
     })?;
-    let password = text
+    let secret = text
         .strip_suffix("\r\n")
         .or_else(|| text.strip_suffix('\n'))
         .unwrap_or(&text);
-    if password.is_empty() {
+    if secret.is_empty() {
         return Err(UsageError(format!(
-            "the SASL password file {} (--sasl-password-file / KAFKA_SASL_PASSWORD_FILE) is empty",
+            "{what} file {} ({setting}) is empty",
             path.display()
         )));
     }
-    Ok(password.to_string())
+    Ok(secret.to_string())
 }
 
 fn parse_security_protocol(text: &str) -> Result<SecurityProtocol, SettingError> {
@@ -174,6 +183,9 @@ fn kafka_setting_message(error: &SettingError) -> String {
             "--sasl-mechanism AWS_MSK_IAM needs --security-protocol sasl_ssl \
              (KAFKA_SECURITY_PROTOCOL), not {protocol}"
         ),
+        SettingError::BadProperty(key, reason) => {
+            format!("-X / --kafka-property {key}: {reason}")
+        }
         other => other.to_string(),
     }
 }
@@ -397,6 +409,11 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// A file holding the connection URL (a Kubernetes Secret mounted as a file; one
+    /// trailing newline ignored), instead of --database-url. Default: none.
+    #[arg(long, env = "DATABASE_URL_FILE", conflicts_with = "database_url")]
+    pub database_url_file: Option<std::path::PathBuf>,
+
     /// CA certificates (PEM) to verify the server's TLS certificate and host name with, e.g.
     /// Amazon RDS's bundle. Unset, TLS encrypts without checking the server (as libpq's
     /// sslmode=require does): set this for any database reached over a network.
@@ -430,12 +447,22 @@ impl DatabaseArgs {
                 "--database-check-interval / EBB_DATABASE_CHECK_INTERVAL must be > 0".into(),
             ));
         }
-        let url = self.database_url.clone().ok_or_else(|| {
-            UsageError(
-                "--database-url / DATABASE_URL is required (postgres://user:password@host:port/database)"
-                    .into(),
-            )
-        })?;
+        let url = match (&self.database_url, &self.database_url_file) {
+            (Some(url), _) => url.clone(),
+            (None, Some(path)) => read_secret_file(
+                path,
+                "the database URL",
+                "--database-url-file / DATABASE_URL_FILE",
+            )?
+            .trim()
+            .to_string(),
+            (None, None) => {
+                return Err(UsageError(
+                    "--database-url / DATABASE_URL (or --database-url-file / DATABASE_URL_FILE) is required (postgres://user:password@host:port/database)"
+                        .into(),
+                ));
+            }
+        };
         ebb_core::postgres::Database::new(&ebb_core::postgres::DatabaseOptions {
             url,
             table: self.database_table.clone(),

@@ -157,7 +157,24 @@ fn kafka_authentication_failures_show_no_password_or_aws_secret() {
         .args(["-X", "no.such.property=1"])
         .output()
         .expect("run ebb");
-    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(2), "a bad -X is bad usage");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no.such.property"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A bad value is named by its property, never quoted.
+    let out = noisy()
+        .args([
+            "topic",
+            "list",
+            "-X",
+            &format!("fetch.wait.max.ms={SASL_PASSWORD}"),
+        ])
+        .output()
+        .expect("run ebb");
+    assert_eq!(out.status.code(), Some(2));
+    assert_output_clean("a refused -X value", &out);
     assert_output_clean("a refused -X property", &out);
 }
 
@@ -218,12 +235,22 @@ fn a_pipeline_at_trace_level_shows_no_secret_in_logs_or_metrics() {
     assert_output_clean("ebb produce", &produced);
     assert_output_clean("ebb consume", &consumed);
 
-    // The audit and the lag read with the same secrets around.
+    // The audit, with the URL from a file (a mounted Secret), and the lag, with the same
+    // secrets around.
+    let url_file = temp_file("database-url");
+    std::fs::write(&url_file, format!("{}\n", database_url())).expect("URL file");
     let out = noisy()
+        .env_remove("DATABASE_URL")
+        .env("DATABASE_URL_FILE", &url_file)
         .args(["audit", "--topic", &topic, "--group", &group])
         .args(["--database-table", &table])
         .output()
         .expect("run ebb");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_output_clean("ebb audit", &out);
     let out = noisy()
         .args(["lag", "--topic", &topic, "--group", &group])

@@ -22,6 +22,7 @@ pub fn ebb() -> Command {
             || key == "MESSAGES_PER_SECOND"
             || key == "MESSAGE_PROCESSING_TIME"
             || key == "DATABASE_URL"
+            || key == "DATABASE_URL_FILE"
         {
             command.env_remove(key);
         }
