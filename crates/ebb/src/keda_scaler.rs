@@ -237,6 +237,9 @@ fn kafka_status(name: &str, e: &AdminError) -> Status {
     };
     match e {
         AdminError::UnknownTopic(_) => Status::not_found(message),
+        // The scaler's principal may not read this group or topic: KEDA's fallback applies
+        // until the ACLs change; other ScaledObjects are served as before.
+        AdminError::Denied { .. } => Status::permission_denied(message),
         _ => Status::unavailable(message),
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use ebb_core::admin::Admin;
+use ebb_core::admin::{Admin, AdminError};
 use ebb_core::http::{Probes, serve, standard_routes};
 use ebb_core::lag::LagProbe;
 use ebb_scaling::keda::PartitionOffsets;
@@ -637,6 +637,8 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
     let mut desired = 0u32;
     let mut arrivals = OffsetRate::new();
     let mut last_report = Instant::now();
+    // Set when the group or topic turns out to be out of bounds for this principal.
+    let mut denied: Option<AdminError> = None;
     let mut ticker = tokio::time::interval(args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -650,6 +652,11 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
         let probe_now = probe.clone();
         let rows = match tokio::task::spawn_blocking(move || probe_now.offsets()).await? {
             Ok(rows) => rows,
+            // Waiting will not change the ACLs: stop the workers and say so once.
+            Err(e @ AdminError::Denied { .. }) => {
+                denied = Some(e);
+                break;
+            }
             Err(e) => {
                 tracing::warn!("Cannot measure lag: {e}; keeping {desired} worker(s)");
                 continue;
@@ -766,7 +773,10 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tracing::info!("Stopped; no worker left");
-    Ok(ExitCode::SUCCESS)
+    match denied {
+        Some(e) => Err(e.into()),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 #[cfg(test)]

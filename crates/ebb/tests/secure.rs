@@ -630,6 +630,26 @@ fn tenants_are_isolated_and_dead_letters_stay_in_the_prefix() {
         &as_a,
         &[&format!("not authorized to use group {their_group}")],
     );
+    // The supervisor stops at once rather than warning every interval.
+    one_line_failure(
+        &[
+            "scale",
+            "--topic",
+            &mine,
+            "--group",
+            &their_group,
+            "--interval",
+            "1s",
+            "--policy",
+            "ebb-rate",
+            "--capacity",
+            "100",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+        &as_a,
+        &[&format!("not authorized to use group {their_group}")],
+    );
 
     // Its own group: the malformed record goes to <topic>.dlq, inside tenant-a's prefix.
     let group = unique(&format!("{}dlq", a.prefix()));
