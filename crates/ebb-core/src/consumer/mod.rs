@@ -49,6 +49,7 @@ mod committer;
 pub mod dead_letter;
 pub mod decode;
 pub mod fetch_queue;
+pub mod key_order;
 pub mod metrics;
 mod poll;
 mod rebalance;
