@@ -170,13 +170,7 @@ impl LagProbe {
     /// Committed, log-end and (when some partition has no committed offset) log-start
     /// offsets of every partition (time lag not measured).
     pub fn offsets(&self) -> Result<Vec<PartitionLag>, AdminError> {
-        let all = |offset: Offset| {
-            let mut tpl = TopicPartitionList::new();
-            for p in 0..self.partitions as i32 {
-                let _ = tpl.add_partition_offset(&self.topic, p, offset);
-            }
-            tpl
-        };
+        let all = |offset: Offset| all_partitions(&self.topic, self.partitions, offset);
         let committed = self
             .consumer
             .committed_offsets(all(Offset::Invalid), self.timeout)
@@ -276,14 +270,32 @@ pub(crate) fn list_offsets(
             context: format!("cannot read the offsets of {topic}"),
             source,
         })?;
-    Ok(listed
-        .elements_for_topic(topic)
+    Ok(partition_offsets(&listed, topic))
+}
+
+/// Each partition of `topic` in `list` that has an offset (not `Invalid`, `End`, ...),
+/// with it: how committed offsets, positions and ListOffsets answers are read.
+pub(crate) fn partition_offsets(
+    list: &TopicPartitionList,
+    topic: &str,
+) -> std::collections::HashMap<i32, i64> {
+    list.elements_for_topic(topic)
         .iter()
         .filter_map(|e| match e.offset() {
             Offset::Offset(o) => Some((e.partition(), o)),
             _ => None,
         })
-        .collect())
+        .collect()
+}
+
+/// Partitions `0..partitions` of `topic`, each with `offset`: the question a
+/// committed-offsets or ListOffsets request asks.
+pub(crate) fn all_partitions(topic: &str, partitions: usize, offset: Offset) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for partition in 0..partitions as i32 {
+        let _ = list.add_partition_offset(topic, partition, offset);
+    }
+    list
 }
 
 /// Reads the oldest unconsumed record of each lagging partition for its timestamp.

@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use crate::admin::{Admin, AdminError};
 use crate::kafka::{AuthContext, KafkaOptions};
-use crate::lag::{list_offsets, reader};
+use crate::lag::{all_partitions, list_offsets, partition_offsets, reader};
 
 /// What went wrong planning or applying a replay. The CLI maps each to its flag.
 #[derive(Debug, thiserror::Error)]
@@ -100,15 +100,6 @@ pub enum ReplayError {
         wanted: i64,
         /// What the group holds now (`-1`: nothing).
         found: i64,
-    },
-    /// Any other refusal from Kafka.
-    #[error("{context}: {source}")]
-    Kafka {
-        /// What ebb was doing.
-        context: String,
-        /// Kafka's reason.
-        #[source]
-        source: KafkaError,
     },
 }
 
@@ -532,6 +523,11 @@ fn run_blocking(
     Ok(plan)
 }
 
+/// Kafka's refusal of what ebb was doing (`context`), as an [`AdminError::Kafka`].
+fn kafka_error(context: String) -> impl FnOnce(KafkaError) -> ReplayError {
+    move |source| ReplayError::Admin(AdminError::Kafka { context, source })
+}
+
 /// Retries `request` while the group's coordinator is still loading (a new group, or the
 /// broker just started), up to `timeout`.
 fn while_coordinator_loads<T>(
@@ -567,10 +563,7 @@ fn describe(
     timeout: Duration,
 ) -> Result<(String, usize), ReplayError> {
     let list = while_coordinator_loads(timeout, || client.fetch_group_list(Some(group), timeout))
-        .map_err(|source| ReplayError::Kafka {
-        context: format!("cannot describe group {group}"),
-        source,
-    })?;
+        .map_err(kafka_error(format!("cannot describe group {group}")))?;
     Ok(list.groups().first().map_or(("Dead".into(), 0), |g| {
         (g.state().to_string(), g.members().len())
     }))
@@ -595,9 +588,12 @@ fn read_states(
     let ends = list_offsets(client, topic, 0..partitions as i32, Offset::End, timeout)?;
     (0..partitions as i32)
         .map(|p| {
-            let missing = |what: &str| ReplayError::Kafka {
-                context: format!("no {what} offset of {topic} partition {p} in Kafka's answer"),
-                source: KafkaError::OffsetFetch(RDKafkaErrorCode::UnknownTopicOrPartition),
+            let missing = |what: &str| {
+                kafka_error(format!(
+                    "no {what} offset of {topic} partition {p} in Kafka's answer"
+                ))(KafkaError::OffsetFetch(
+                    RDKafkaErrorCode::UnknownTopicOrPartition,
+                ))
             };
             Ok(PartitionState {
                 partition: p,
@@ -617,24 +613,13 @@ fn committed(
     partitions: usize,
     timeout: Duration,
 ) -> Result<HashMap<i32, i64>, ReplayError> {
-    let mut asked = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        asked.add_partition(topic, p);
-    }
+    let asked = all_partitions(topic, partitions, Offset::Invalid);
     let answer =
         while_coordinator_loads(timeout, || client.committed_offsets(asked.clone(), timeout))
-            .map_err(|source| ReplayError::Kafka {
-                context: format!("cannot read group {group}'s committed offsets on {topic}"),
-                source,
-            })?;
-    Ok(answer
-        .elements_for_topic(topic)
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
-        .collect())
+            .map_err(kafka_error(format!(
+                "cannot read group {group}'s committed offsets on {topic}"
+            )))?;
+    Ok(partition_offsets(&answer, topic))
 }
 
 /// Each partition's first offset whose record time is at or after `time` (ListOffsets).
@@ -648,27 +633,18 @@ fn at_time(
     let millis = time
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
-    let mut asked = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        asked
-            .add_partition_offset(topic, p, Offset::Offset(millis))
-            .map_err(|source| ReplayError::Kafka {
-                context: format!("cannot ask for the offsets of {topic} at {millis} ms"),
-                source,
-            })?;
-    }
+    let asked = all_partitions(topic, partitions, Offset::Offset(millis));
     let answer = client
         .offsets_for_times(asked, timeout)
-        .map_err(|source| ReplayError::Kafka {
-            context: format!("cannot look up the offsets of {topic} by time"),
-            source,
-        })?;
+        .map_err(kafka_error(format!(
+            "cannot look up the offsets of {topic} by time"
+        )))?;
     let mut wanted = BTreeMap::new();
     for e in answer.elements_for_topic(topic) {
-        e.error().map_err(|source| ReplayError::Kafka {
-            context: format!("cannot look up {topic} partition {} by time", e.partition()),
-            source,
-        })?;
+        e.error().map_err(kafka_error(format!(
+            "cannot look up {topic} partition {} by time",
+            e.partition()
+        )))?;
         let found = match e.offset() {
             Offset::Offset(o) if o >= 0 => Some(o),
             // -1 (End): no record at or after the time.
@@ -692,10 +668,10 @@ fn commit(
     for p in &plan.partitions {
         offsets
             .add_partition_offset(&plan.topic, p.partition, Offset::Offset(p.target))
-            .map_err(|source| ReplayError::Kafka {
-                context: format!("cannot set the offset of partition {}", p.partition),
-                source,
-            })?;
+            .map_err(kafka_error(format!(
+                "cannot set the offset of partition {}",
+                p.partition
+            )))?;
     }
     while_coordinator_loads(timeout, || client.commit(&offsets, CommitMode::Sync)).map_err(
         |source| match source.rdkafka_error_code() {
@@ -709,10 +685,7 @@ fn commit(
                 group: plan.group.clone(),
                 source,
             },
-            _ => ReplayError::Kafka {
-                context: format!("cannot commit group {}'s new offsets", plan.group),
-                source,
-            },
+            _ => kafka_error(format!("cannot commit group {}'s new offsets", plan.group))(source),
         },
     )
 }
@@ -902,31 +875,21 @@ mod tests {
     fn times_are_rfc_3339_with_a_zone_or_a_duration_ago() {
         let at = |s: u64, ms: u64| UNIX_EPOCH + Duration::from_millis(s * 1000 + ms);
         let now = at(1_800_000_000, 0);
-        // 2026-01-31T09:00:00Z = 1769850000.
-        assert_eq!(
-            parse_time("2026-01-31T09:00:00Z", now).unwrap(),
-            at(1_769_850_000, 0)
-        );
-        assert_eq!(
-            parse_time("2026-01-31 09:00:00.250z", now).unwrap(),
-            at(1_769_850_000, 250)
-        );
-        assert_eq!(
-            parse_time("2026-01-31T10:30:00+01:30", now).unwrap(),
-            at(1_769_850_000, 0)
-        );
-        assert_eq!(
-            parse_time("2026-01-31T04:00:00.5-05:00", now).unwrap(),
-            at(1_769_850_000, 500)
-        );
-        assert_eq!(
-            parse_time("10m ago", now).unwrap(),
-            at(1_800_000_000 - 600, 0)
-        );
-        assert_eq!(
-            parse_time("1h 30m ago", now).unwrap(),
-            at(1_800_000_000 - 5400, 0)
-        );
+        for (text, seconds, millis) in [
+            // 2026-01-31T09:00:00Z = 1769850000.
+            ("2026-01-31T09:00:00Z", 1_769_850_000, 0),
+            ("2026-01-31 09:00:00.250z", 1_769_850_000, 250),
+            ("2026-01-31T10:30:00+01:30", 1_769_850_000, 0),
+            ("2026-01-31T04:00:00.5-05:00", 1_769_850_000, 500),
+            ("10m ago", 1_800_000_000 - 600, 0),
+            ("1h 30m ago", 1_800_000_000 - 5400, 0),
+        ] {
+            assert_eq!(
+                parse_time(text, now).unwrap(),
+                at(seconds, millis),
+                "{text}"
+            );
+        }
         for bad in [
             "2026-01-31T09:00:00",
             "2026-01-31T09:00:00+0100",

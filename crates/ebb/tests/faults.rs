@@ -131,30 +131,7 @@ impl Pipeline {
     /// `ebb audit` as JSON; asserts it passes. Valid at any moment, with consumers
     /// running, not only after a drain.
     fn audit(&self) -> serde_json::Value {
-        let out = run(&[
-            "audit",
-            "--topic",
-            &self.topic,
-            "--group",
-            &self.group,
-            "--database-url",
-            &self.url,
-            "--database-table",
-            &self.table,
-            "--json",
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout);
-        let report: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
-            panic!(
-                "audit output is not JSON ({e}): {text}\nstderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        assert!(
-            out.status.success() && report["ok"] == true,
-            "audit failed: {report:#}"
-        );
-        report
+        audit_passes(&self.topic, &self.group, &self.url, &self.table, &[])
     }
 
     /// Stops producing, waits until the group committed everything, stops the consumers

@@ -44,22 +44,6 @@ fn spawn_scale(
     (scale, addr)
 }
 
-/// A base for the workers' ports, ending in 0 (the supervisor gives worker N port
-/// base + N - 1, so they are found by pgrep). The supervisor assigns worker ports itself,
-/// so this stays a chosen range rather than port 0: ten ports that bind now.
-fn port_base() -> u16 {
-    loop {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
-        let base = (probe.local_addr().expect("port").port() / 10).max(2000) * 10;
-        drop(probe);
-        let free =
-            (base..base + 10).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
-        if free {
-            return base;
-        }
-    }
-}
-
 #[test]
 fn keda_lag_scales_up_under_lag_drains_and_scales_to_zero() {
     let topic = create_topic("scale-keda", 4);
@@ -71,7 +55,7 @@ fn keda_lag_scales_up_under_lag_drains_and_scales_to_zero() {
         "spec:\n  pollingInterval: 1\n  cooldownPeriod: 3\n  maxReplicaCount: 4\n  triggers:\n    - type: kafka\n      metadata: {lagThreshold: \"500\"}\n",
     )
     .unwrap();
-    let base = port_base();
+    let base = worker_port_base();
     let (scale, addr) = spawn_scale(
         &topic,
         &group,
@@ -116,7 +100,7 @@ fn a_killed_worker_is_replaced_and_no_record_is_lost() {
     let group = unique("g");
     let file = temp_file("out.jsonl");
     let producer = spawn_producer(&topic, "300");
-    let base = port_base();
+    let base = worker_port_base();
     let (scale, addr) = spawn_scale(
         &topic,
         &group,

@@ -94,88 +94,67 @@ fn help_shows_no_secret_from_the_environment() {
     }
 }
 
-#[test]
-fn kafka_authentication_failures_show_no_password_or_aws_secret() {
-    let debug = ["-X", "debug=all", "--kafka-timeout", "3s", "--log", "trace"];
-    // SCRAM against the plaintext broker: the handshake fails.
-    let out = noisy()
-        .args(["topic", "list", "--security-protocol", "sasl_plaintext"])
-        .args([
-            "--sasl-mechanism",
-            "SCRAM-SHA-512",
-            "--sasl-username",
-            "someone",
-        ])
-        .args(debug)
-        .output()
-        .expect("run ebb");
-    assert_eq!(out.status.code(), Some(1));
-    assert_output_clean("SCRAM topic list", &out);
-    // MSK IAM: a token signed with the AWS keys and session token, for a broker that
-    // does not speak TLS.
-    let out = noisy()
-        .args(["topic", "list", "--security-protocol", "sasl_ssl"])
-        .args([
-            "--sasl-mechanism",
-            "AWS_MSK_IAM",
-            "--aws-region",
-            "eu-west-1",
-        ])
-        .args(debug)
-        .output()
-        .expect("run ebb");
-    assert_eq!(out.status.code(), Some(1));
-    assert_output_clean("MSK IAM topic list", &out);
-    // Pod Identity: the authorization token sent to a credentials endpoint that is down.
-    let out = noisy()
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env(
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-            format!("http://127.0.0.1:{}/creds", free_port()),
-        )
-        .args(["topic", "list", "--security-protocol", "sasl_ssl"])
-        .args([
-            "--sasl-mechanism",
-            "AWS_MSK_IAM",
-            "--aws-region",
-            "eu-west-1",
-        ])
-        .args(debug)
-        .output()
-        .expect("run ebb");
-    assert_eq!(out.status.code(), Some(1));
-    assert_output_clean("Pod Identity topic list", &out);
-    // A secret given as a librdkafka property beside one librdkafka refuses.
-    let out = noisy()
-        .args([
-            "topic",
-            "list",
-            "-X",
-            &format!("sasl.password={SASL_PASSWORD}"),
-        ])
-        .args(["-X", "no.such.property=1"])
-        .output()
-        .expect("run ebb");
-    assert_eq!(out.status.code(), Some(2), "a bad -X is bad usage");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no.such.property"),
-        "{}",
+/// Runs `command` (an `ebb topic list`); asserts it exits with `code` and shows no
+/// secret; its output.
+fn fails_cleanly(place: &str, code: i32, command: &mut std::process::Command) -> Output {
+    let out = command.output().expect("run ebb");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{place}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_output_clean(place, &out);
+    out
+}
+
+#[test]
+fn kafka_authentication_failures_show_no_password_or_aws_secret() {
+    let topic_list = |protocol: &str, mechanism: &[&str]| {
+        let mut command = noisy();
+        command
+            .args(["topic", "list", "--security-protocol", protocol])
+            .args(["--sasl-mechanism"])
+            .args(mechanism)
+            .args(["-X", "debug=all", "--kafka-timeout", "3s", "--log", "trace"]);
+        command
+    };
+    let scram = ["SCRAM-SHA-512", "--sasl-username", "someone"];
+    let msk_iam = ["AWS_MSK_IAM", "--aws-region", "eu-west-1"];
+    // SCRAM against the plaintext broker: the handshake fails.
+    fails_cleanly("SCRAM", 1, &mut topic_list("sasl_plaintext", &scram));
+    // MSK IAM: a token signed with the AWS keys and session token, for a broker that
+    // does not speak TLS.
+    fails_cleanly("MSK IAM", 1, &mut topic_list("sasl_ssl", &msk_iam));
+    // Pod Identity: the authorization token sent to a credentials endpoint that is down.
+    let credentials = format!("http://127.0.0.1:{}/creds", free_port());
+    fails_cleanly(
+        "Pod Identity",
+        1,
+        topic_list("sasl_ssl", &msk_iam)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", credentials),
+    );
+    // A secret given as a librdkafka property beside one librdkafka refuses: bad usage,
+    // named by the refused key.
+    let secret_property = format!("sasl.password={SASL_PASSWORD}");
+    let out = fails_cleanly(
+        "a refused -X property",
+        2,
+        noisy()
+            .args(["topic", "list", "-X", &secret_property])
+            .args(["-X", "no.such.property=1"]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no.such.property"), "{stderr}");
     // A bad value is named by its property, never quoted.
-    let out = noisy()
-        .args([
-            "topic",
-            "list",
-            "-X",
-            &format!("fetch.wait.max.ms={SASL_PASSWORD}"),
-        ])
-        .output()
-        .expect("run ebb");
-    assert_eq!(out.status.code(), Some(2));
-    assert_output_clean("a refused -X value", &out);
-    assert_output_clean("a refused -X property", &out);
+    let bad_value = format!("fetch.wait.max.ms={SASL_PASSWORD}");
+    fails_cleanly(
+        "a refused -X value",
+        2,
+        noisy().args(["topic", "list", "-X", &bad_value]),
+    );
 }
 
 #[test]

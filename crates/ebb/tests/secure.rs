@@ -11,29 +11,16 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Running, http_get, postgres, psql, temp_file, unique, wait_until};
+use common::{
+    Running, ebb_unconfigured as ebb, http_get, postgres, psql, temp_file, unique, wait_until,
+    worker_port_base,
+};
 use ebb_testkit::{SecureKafka, Tenant, secure_kafka};
 use serde_json::Value;
 
 /// The request timeout given to every command here; error cases must end within it (and
 /// process start-up).
 const TIMEOUT_S: u64 = 4;
-
-/// `ebb` with none of the caller's Kafka settings (the tests give them as flags).
-fn ebb() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ebb"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("KAFKA_")
-            || key.starts_with("EBB_")
-            || key.starts_with("BATCH_")
-            || key == "CONSUMER_GROUP"
-            || key == "DATABASE_URL"
-        {
-            command.env_remove(key);
-        }
-    }
-    command
-}
 
 /// How a client reaches the secure node.
 #[derive(Clone, Copy)]
@@ -108,6 +95,25 @@ fn assert_ok(what: &str, out: &Output) {
         text(&out.stdout),
         text(&out.stderr)
     );
+}
+
+/// A fresh topic of `tenant` holding `records` trades, made over `flags`.
+fn topic_with_trades(
+    tenant: &Tenant,
+    name: &str,
+    partitions: u32,
+    records: u64,
+    flags: &[String],
+) -> String {
+    let topic = create_topic(tenant, name, partitions, flags);
+    produce(&topic, records, flags);
+    topic
+}
+
+/// Asserts that a command's stderr mentions `needle`.
+fn assert_stderr_has(out: &Output, needle: &str) {
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(needle), "no {needle:?} in: {stderr}");
 }
 
 /// A fresh topic `<tenant>.<name>-...` made with `ebb topic create` over `flags`.
@@ -242,8 +248,7 @@ fn scram_sha_256_file_sink_and_lag_with_the_password_from_a_file() {
         ],
     );
 
-    let topic = create_topic(a, "scram256", 3, &flags);
-    produce(&topic, 300, &flags);
+    let topic = topic_with_trades(a, "scram256", 3, 300, &flags);
     let group = unique(&format!("{}file", a.prefix()));
     let sink = temp_file("out.jsonl");
     let consumer = consume(
@@ -268,11 +273,7 @@ fn scram_sha_256_file_sink_and_lag_with_the_password_from_a_file() {
     missing[at + 1] = "/nonexistent/ebb-password".into();
     let out = run(&["topic", "list"], &missing);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("/nonexistent/ebb-password"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_has(&out, "/nonexistent/ebb-password");
 }
 
 #[test]
@@ -282,8 +283,7 @@ fn scram_sha_512_postgres_sink_and_audit() {
     let flags = flags(&kafka, b, Way::Scram512);
     let url = postgres();
     let table = unique("secure_trades").replace('-', "_");
-    let topic = create_topic(b, "scram512", 2, &flags);
-    produce(&topic, 200, &flags);
+    let topic = topic_with_trades(b, "scram512", 2, 200, &flags);
     let group = unique(&format!("{}pg", b.prefix()));
     let consumer = consume(
         &topic,
@@ -324,8 +324,7 @@ fn mutual_tls_stdout_sink_and_scale() {
     let kafka = secure_kafka();
     let a = &kafka.tenant_a;
     let flags = flags(&kafka, a, Way::Mtls);
-    let topic = create_topic(a, "mtls", 2, &flags);
-    produce(&topic, 100, &flags);
+    let topic = topic_with_trades(a, "mtls", 2, 100, &flags);
 
     let group = unique(&format!("{}stdout", a.prefix()));
     let consumer = consume(&topic, &group, &flags, &["--sink", "stdout"]);
@@ -345,7 +344,7 @@ fn mutual_tls_stdout_sink_and_scale() {
         .args(["scale", "--topic", &topic, "--group", &group])
         .args(["--policy", "ebb-rate", "--capacity", "1000"])
         .args(["--metrics-addr", "127.0.0.1:0", "--interval", "1s"])
-        .args(["--worker-port-base", &port_base().to_string()])
+        .args(["--worker-port-base", &worker_port_base().to_string()])
         .args(&flags)
         .args(["--", "--sink", "sim"]);
     let mut scale = Running::spawn(command);
@@ -357,26 +356,13 @@ fn mutual_tls_stdout_sink_and_scale() {
     assert!(out.status.success(), "scale: {}", text(&out.stderr));
 }
 
-/// Ten ports from a base ending in 0 that bind now, for `ebb scale`'s workers.
-fn port_base() -> u16 {
-    loop {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
-        let base = (probe.local_addr().expect("port").port() / 10).max(2000) * 10;
-        drop(probe);
-        if (base..base + 10).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
-            return base;
-        }
-    }
-}
-
 #[test]
 fn keda_scaler_over_scram_sha_512() {
     use ebb_testkit::kube::tool;
     let kafka = secure_kafka();
     let b = &kafka.tenant_b;
     let flags = flags(&kafka, b, Way::Scram512);
-    let topic = create_topic(b, "keda", 2, &flags);
-    produce(&topic, 1_000, &flags);
+    let topic = topic_with_trades(b, "keda", 2, 1_000, &flags);
 
     let mut command = ebb();
     command
@@ -460,8 +446,7 @@ fn bad_password_wrong_mechanism_and_a_plaintext_port_name_the_cause() {
     let kafka = secure_kafka();
     let a = &kafka.tenant_a;
     let good = flags(&kafka, a, Way::Scram256);
-    let topic = create_topic(a, "auth", 1, &good);
-    produce(&topic, 10, &good);
+    let topic = topic_with_trades(a, "auth", 1, 10, &good);
 
     let mut bad = good.clone();
     let at = bad.iter().position(|f| f == "--sasl-password").unwrap();
@@ -485,11 +470,7 @@ fn bad_password_wrong_mechanism_and_a_plaintext_port_name_the_cause() {
     assert!(!line.contains("not-the-password"), "{line}");
     // Nothing was committed: the group is unknown to the broker.
     let out = run(&["lag", "--topic", &topic, "--group", &group], &good);
-    assert!(
-        text(&out.stderr).contains("is unknown"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_has(&out, "is unknown");
     one_line_failure(
         &[
             "produce",
@@ -541,11 +522,7 @@ fn bad_password_wrong_mechanism_and_a_plaintext_port_name_the_cause() {
         ],
         &["--kafka-timeout".into(), "2s".into()],
     );
-    assert!(
-        text(&out.stderr).contains("scripts/kafka-local start"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_has(&out, "scripts/kafka-local start");
 }
 
 #[test]
@@ -554,8 +531,7 @@ fn tenants_are_isolated_and_dead_letters_stay_in_the_prefix() {
     let (a, b) = (&kafka.tenant_a, &kafka.tenant_b);
     let as_a = flags(&kafka, a, Way::Scram512);
     let as_b = flags(&kafka, b, Way::Scram256);
-    let theirs = create_topic(b, "orders", 1, &as_b);
-    produce(&theirs, 5, &as_b);
+    let theirs = topic_with_trades(b, "orders", 1, 5, &as_b);
 
     one_line_failure(
         &["topic", "create", "tenant-b.not-yours", "--partitions", "1"],

@@ -15,12 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
+use rdkafka::Offset;
 use rdkafka::bindings as rd;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
 
 use super::batch::{BatchLimits, Record};
 use super::dead_letter::{HEADER_ERROR, HEADER_OFFSET, HEADER_PARTITION};
@@ -30,6 +30,7 @@ use super::sink::{BoxFuture, Sink, SinkError};
 use super::{ConsumerReport, ConsumerSettings, GroupProtocol, RetryPolicy, RunningConsumer, start};
 use crate::http::Probes;
 use crate::kafka::KafkaOptions;
+use crate::lag::{all_partitions, partition_offsets};
 
 /// Records whose value is a decimal number: `(offset, number)`; anything else is rejected.
 struct Numbers;
@@ -174,20 +175,13 @@ impl Mock {
             .set("group.id", group)
             .create()
             .expect("consumer");
-        let mut list = TopicPartitionList::new();
-        for partition in 0..partitions {
-            list.add_partition(topic, partition);
-        }
+        let list = all_partitions(topic, partitions as usize, Offset::Invalid);
         let committed = consumer
             .committed_offsets(list, Duration::from_secs(10))
             .expect("committed offsets");
+        let committed = partition_offsets(&committed, topic);
         (0..partitions)
-            .map(
-                |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
-                    Some(Offset::Offset(offset)) => offset,
-                    _ => -1,
-                },
-            )
+            .map(|p| committed.get(&p).copied().unwrap_or(-1))
             .collect()
     }
 

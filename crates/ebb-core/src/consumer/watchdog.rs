@@ -188,7 +188,6 @@ pub(super) mod runner {
     use std::sync::{Arc, Weak};
     use std::time::{Duration, Instant};
 
-    use rdkafka::Offset;
     use rdkafka::consumer::{BaseConsumer, Consumer};
 
     use super::{Snapshot, Stall, StallDetector, StallKind, check_interval};
@@ -327,16 +326,10 @@ pub(super) mod runner {
             return Ok(None);
         }
         let offsets = probe.offsets().map_err(|e| e.to_string())?;
-        let positions: HashMap<i32, i64> = consumer
-            .position()
-            .map_err(|e| e.to_string())?
-            .elements_for_topic(&shared.topic)
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some((e.partition(), o)),
-                _ => None,
-            })
-            .collect();
+        let positions: HashMap<i32, i64> = crate::lag::partition_offsets(
+            &consumer.position().map_err(|e| e.to_string())?,
+            &shared.topic,
+        );
         let owned = lock(&shared.owned);
         Ok(Some(
             offsets

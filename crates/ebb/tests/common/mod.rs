@@ -13,6 +13,14 @@ pub use ebb_testkit::{
 
 /// `ebb` with a clean environment for its settings, pointed at the test broker.
 pub fn ebb() -> Command {
+    let mut command = ebb_unconfigured();
+    command.env("KAFKA_BOOTSTRAP_SERVERS", kafka());
+    command
+}
+
+/// `ebb` with none of the caller's settings in its environment, not even the broker (for
+/// tests that give every setting as a flag).
+pub fn ebb_unconfigured() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ebb"));
     for (key, _) in std::env::vars() {
         if key.starts_with("KAFKA_")
@@ -27,7 +35,6 @@ pub fn ebb() -> Command {
             command.env_remove(key);
         }
     }
-    command.env("KAFKA_BOOTSTRAP_SERVERS", kafka());
     command
 }
 
@@ -262,6 +269,49 @@ impl Drop for ScalerProcess {
 /// A GET of one of ebb's endpoints: status and body, `None` if it does not answer in 2 s.
 pub fn http_get(url: &str) -> Option<(u16, String)> {
     ebb_core::http::get(url, None, Duration::from_secs(2)).ok()
+}
+
+/// `ebb audit --json` of `group` on `topic` against `table` (plus `extra` flags); its
+/// report, after asserting that the audit passed.
+pub fn audit_passes(
+    topic: &str,
+    group: &str,
+    url: &str,
+    table: &str,
+    extra: &[&str],
+) -> serde_json::Value {
+    let mut command = ebb();
+    command
+        .args(["audit", "--topic", topic, "--group", group, "--json"])
+        .args(["--database-url", url, "--database-table", table])
+        .args(extra);
+    let out = command.output().expect("run ebb audit");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "audit printed no JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        out.status.success() && report["ok"] == true,
+        "audit failed: {report:#}"
+    );
+    report
+}
+
+/// A base for `ebb scale`'s worker ports, ending in 0, with the ten ports from it free
+/// now (the supervisor gives worker N port base + N - 1 itself, so this stays a chosen
+/// range rather than port 0; pgrep finds the workers by it).
+pub fn worker_port_base() -> u16 {
+    loop {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+        let base = (probe.local_addr().expect("port").port() / 10).max(2000) * 10;
+        drop(probe);
+        if (base..base + 10).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()) {
+            return base;
+        }
+    }
 }
 
 /// Sends `signal` to a child.
