@@ -35,7 +35,8 @@ use crate::lag::{all_partitions, list_offsets, partition_offsets, reader};
 /// What went wrong planning or applying a replay. The CLI maps each to its flag.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    /// The cluster could not be reached, or the topic does not exist.
+    /// The cluster could not be reached, the topic does not exist, or Kafka refused a
+    /// request (what ebb was doing is in [`AdminError::Kafka`]'s context).
     #[error(transparent)]
     Admin(#[from] AdminError),
     /// A partition named in per-partition offsets is not in the topic.
