@@ -140,14 +140,20 @@ mod tests {
     }
 
     /// One raw exchange: the status of the answer (0 if the connection closed without one).
-    fn exchange(addr: SocketAddr, request: &[u8]) -> u16 {
+    /// With `half_close` the request's end is also signalled by closing the write side, so
+    /// a lying Content-Length cannot hold the server; hyper then may drop the connection
+    /// without an answer when it sees that end before the answer is written, so a check
+    /// that needs an answer sends a complete request without it.
+    fn exchange(addr: SocketAddr, request: &[u8], half_close: bool) -> u16 {
         let mut stream = TcpStream::connect(addr).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
         // The server may answer (413, 400) and close before it read everything.
         let _ = stream.write_all(request);
-        let _ = stream.shutdown(std::net::Shutdown::Write);
+        if half_close {
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+        }
         let mut answer = Vec::new();
         let _ = stream.read_to_end(&mut answer);
         std::str::from_utf8(&answer[..answer.len().min(12)])
@@ -261,7 +267,7 @@ mod tests {
                         )
                         .into_bytes(),
                     };
-                    exchange(addr, &request)
+                    exchange(addr, &request, true)
                 })
                 .collect::<Vec<u16>>()
         })
@@ -282,6 +288,7 @@ mod tests {
             exchange(
                 addr,
                 b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                false,
             )
         })
         .await
