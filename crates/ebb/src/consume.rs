@@ -4,14 +4,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::Ordering as AtomicOrdering;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use ebb_core::consumer::batch::BatchLimits;
 use ebb_core::consumer::metrics::ConsumerMetrics;
 use ebb_core::consumer::sink::{Delayed, FileSink, PostgresSink, SimSink, Sink, StdoutSink};
-use ebb_core::consumer::{ConsumerSettings, GroupProtocol, RetryPolicy, start};
+use ebb_core::consumer::{ConsumerSettings, GroupProtocol, OrderBy, RetryPolicy, start};
 use ebb_core::http::{Probes, serve, standard_routes};
 use ebb_core::kafka::OffsetReset;
 use ebb_core::trade::TradeDecoder;
@@ -28,7 +28,9 @@ use crate::args::{
 /// A batch closes at --batch-size records, --batch-max-bytes bytes or --batch-timeout after
 /// its first record. Batches of different partitions run concurrently (up to
 /// --max-in-flight); one partition's batches run strictly in order, and its offset is
-/// committed only after the sink handled them. Records that are not valid trades go to
+/// committed only after the sink handled them. With --ordering key, a partition's records
+/// are spread over --key-lanes sub-lanes by key: each key keeps its order, and different
+/// keys of one partition run concurrently. Records that are not valid trades go to
 /// the dead-letter topic. SIGTERM or Ctrl-C: finish in-flight batches, commit, leave.
 #[derive(Args)]
 pub struct ConsumeArgs {
@@ -66,6 +68,23 @@ pub struct ConsumeArgs {
     #[arg(long, env = "EBB_MAX_IN_FLIGHT", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     max_in_flight: u32,
+
+    /// What order is kept. `partition`: each partition's batches one at a time, in offset
+    /// order, so a consumer runs at most one batch per partition it owns. `key`: each
+    /// partition's records are spread over --key-lanes sub-lanes by a stable hash of the
+    /// record key (records without a key by offset); each sub-lane runs its batches one at a
+    /// time in offset order, so every key keeps its order while different keys of one
+    /// partition run concurrently. A partition then commits up to its lowest record not yet
+    /// handled: after a crash, records handled above it are processed again (the postgres
+    /// sink skips rows it already has).
+    #[arg(long, env = "EBB_ORDERING", value_enum, default_value_t = Ordering::Partition)]
+    ordering: Ordering,
+
+    /// Sub-lanes per partition with --ordering key (ignored otherwise). All sub-lanes of all
+    /// partitions share --max-in-flight.
+    #[arg(long, env = "EBB_KEY_LANES", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    key_lanes: u32,
 
     /// Most records held in batches waiting for workers, across partitions; beyond it the
     /// poll thread waits and records stay in the client's bounded fetch queue. Default:
@@ -184,6 +203,14 @@ impl From<AutoOffsetReset> for OffsetReset {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Ordering {
+    /// Each partition's batches one at a time, in offset order.
+    Partition,
+    /// Each key's records in offset order, over --key-lanes sub-lanes per partition.
+    Key,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Protocol {
     Classic,
     Consumer,
@@ -263,6 +290,12 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             timeout: args.batch_timeout,
         },
         max_in_flight: args.max_in_flight as usize,
+        order_by: match args.ordering {
+            Ordering::Partition => OrderBy::Partition,
+            Ordering::Key => OrderBy::Key {
+                lanes: args.key_lanes as usize,
+            },
+        },
         max_buffered_records: args.max_buffered_records.map_or_else(
             || {
                 ConsumerSettings::default_max_buffered_records(
@@ -320,7 +353,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     let signals = tokio::spawn(async move {
         let first = stop_signals.recv().await;
         tracing::info!("{first}: finishing in-flight batches, committing, leaving the group");
-        stop.store(true, Ordering::SeqCst);
+        stop.store(true, AtomicOrdering::SeqCst);
         stop_signals.recv().await;
         tracing::warn!("Second signal: exiting without waiting");
         std::process::exit(1);

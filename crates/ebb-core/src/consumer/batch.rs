@@ -77,6 +77,11 @@ impl Batch {
         self.data.len()
     }
 
+    /// The offset of its first record (-1 for an empty batch, which is never closed).
+    pub fn first_offset(&self) -> i64 {
+        self.entries.first().map_or(-1, |e| e.offset)
+    }
+
     /// The offset to commit once this batch is handled: one past its last record.
     pub fn next_offset(&self) -> i64 {
         self.entries.last().map_or(-1, |e| e.offset + 1)

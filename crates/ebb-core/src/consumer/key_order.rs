@@ -5,7 +5,7 @@
 //! their key, so records of one key stay in one lane, in order, while different keys of
 //! the same partition are handled concurrently. Sub-lanes finish in any order, so a
 //! partition's committable offset is no longer "one past the last batch": it is the lowest
-//! offset taken from Kafka and not yet handled ([`PendingOffsets`]). Records handled above
+//! offset taken from Kafka and not yet handled ([`PendingBatches`]). Records handled above
 //! it are read again after a crash (at least once, as before; the postgres sink is
 //! idempotent per record).
 
@@ -32,53 +32,61 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// A partition's offsets taken from Kafka and not yet handled, and so the offset it may
-/// commit: the lowest of them, or one past the last taken when none is pending. Offsets
-/// Kafka never delivered (compacted away, transaction markers) block nothing, because
-/// only delivered ones are ever pending.
+/// A partition's batches opened and not yet handled, and so the offset it may commit.
+///
+/// Every record taken from Kafka goes into the open batch of one sub-lane, and that batch
+/// stays pending from its first record until the sink (or the dead-letter topic) has it.
+/// So the lowest first offset among pending batches is the lowest record not yet handled:
+/// everything below it was handled, and it may be committed. With nothing pending, every
+/// record taken was handled and the committable offset is one past the last of them.
+/// Offsets Kafka never delivered (compacted away, transaction markers) block nothing,
+/// because only delivered ones are ever in a batch. Bookkeeping is per batch, not per
+/// record: two small updates for every hundred records or so.
 #[derive(Debug, Default, Clone)]
-pub struct PendingOffsets {
+pub struct PendingBatches {
+    /// First offsets of the batches opened and not yet handled.
     pending: BTreeSet<i64>,
-    /// One past the highest offset taken (-1: nothing taken yet).
+    /// One past the last record of the handled batches (-1: none yet).
     next: i64,
 }
 
-impl PendingOffsets {
+impl PendingBatches {
     /// Nothing taken yet.
     pub fn new() -> Self {
-        PendingOffsets {
+        PendingBatches {
             pending: BTreeSet::new(),
             next: -1,
         }
     }
 
-    /// `offset` was taken from Kafka and handed to a sub-lane. Offsets arrive in
-    /// increasing order per partition.
-    pub fn taken(&mut self, offset: i64) {
-        self.pending.insert(offset);
-        self.next = self.next.max(offset + 1);
+    /// A sub-lane opened a batch with the record at `first_offset`. Records are taken in
+    /// offset order, so this is above every offset taken before.
+    pub fn opened(&mut self, first_offset: i64) {
+        self.pending.insert(first_offset);
     }
 
-    /// `offset` was handled (written by the sink, or dead-lettered).
-    pub fn handled(&mut self, offset: i64) {
-        self.pending.remove(&offset);
+    /// The batch from `first_offset` to just before `next_offset` was handled.
+    pub fn handled(&mut self, first_offset: i64, next_offset: i64) {
+        self.pending.remove(&first_offset);
+        self.next = self.next.max(next_offset);
     }
 
-    /// The offset that may be committed: every record below it was handled. `None` before
-    /// anything was taken.
+    /// The offset that may be committed: every record taken below it was handled. `None`
+    /// before the first batch was handled.
     pub fn committable(&self) -> Option<i64> {
+        let handled_up_to = (self.next >= 0).then_some(self.next);
         match self.pending.first() {
-            Some(lowest) => Some(*lowest),
-            None => (self.next >= 0).then_some(self.next),
+            Some(lowest) => handled_up_to.map(|next| next.min(*lowest)),
+            None => handled_up_to,
         }
     }
 
-    /// Records taken and not yet handled.
+    /// Batches opened and not yet handled.
     pub fn len(&self) -> usize {
         self.pending.len()
     }
 
-    /// Whether every record taken was handled.
+    /// Whether every batch opened was handled.
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }
@@ -87,7 +95,6 @@ impl PendingOffsets {
 #[cfg(test)]
 mod tests {
     use rand::rngs::StdRng;
-    use rand::seq::SliceRandom;
     use rand::{Rng, SeedableRng};
 
     use super::*;
@@ -115,61 +122,101 @@ mod tests {
 
     #[test]
     fn the_committable_offset_is_the_lowest_pending_one() {
-        let mut offsets = PendingOffsets::new();
-        assert_eq!(offsets.committable(), None);
-        for offset in [10, 11, 12, 14] {
-            offsets.taken(offset);
-        }
-        assert_eq!(offsets.committable(), Some(10));
-        offsets.handled(11);
-        offsets.handled(14);
-        assert_eq!(offsets.committable(), Some(10), "10 still pending");
-        offsets.handled(10);
-        assert_eq!(offsets.committable(), Some(12));
-        offsets.handled(12);
-        // 13 was never delivered (compacted, a transaction marker): it blocks nothing.
-        assert_eq!(offsets.committable(), Some(15));
-        assert!(offsets.is_empty());
+        let mut batches = PendingBatches::new();
+        assert_eq!(batches.committable(), None);
+        // Two sub-lanes: 10, 12 in one batch; 11, 14 in the other (13 never delivered).
+        batches.opened(10);
+        batches.opened(11);
+        assert_eq!(batches.committable(), None, "nothing handled yet");
+        batches.handled(11, 15);
+        assert_eq!(batches.committable(), Some(10), "10 still pending");
+        batches.opened(20);
+        batches.handled(10, 13);
+        assert_eq!(batches.committable(), Some(15));
+        batches.handled(20, 21);
+        assert_eq!(batches.committable(), Some(21));
+        assert!(batches.is_empty());
     }
 
-    /// Random completion orders, as sub-lanes finish: the committable offset never passes
-    /// a record not yet handled, never goes back, and reaches the end once all are done.
+    /// Random keys over random sub-lanes, batches closed at random sizes, and sub-lanes
+    /// finishing in random interleavings (each in its own order, as its worker runs): the
+    /// committable offset never passes a record not yet handled, never goes back, and
+    /// reaches the end once all are done.
     #[test]
     fn random_completion_orders_never_commit_past_an_unhandled_record() {
         let mut rng = StdRng::seed_from_u64(18);
         for _ in 0..200 {
-            let mut offsets = PendingOffsets::new();
+            let lanes = rng.random_range(1..8);
+            let mut batches = PendingBatches::new();
+            // Each sub-lane's closed batches (first offset, offsets), oldest first, and
+            // its open batch.
+            let mut closed: Vec<std::collections::VecDeque<Vec<i64>>> =
+                vec![Default::default(); lanes];
+            let mut open: Vec<Vec<i64>> = vec![Vec::new(); lanes];
             let mut taken: Vec<i64> = Vec::new();
+            let mut handled = BTreeSet::new();
+            let mut last = -1;
             let mut next = rng.random_range(0..1000);
-            for _ in 0..rng.random_range(1..300) {
+            let records = rng.random_range(1..400);
+            let check = |batches: &PendingBatches,
+                         handled: &BTreeSet<i64>,
+                         taken: &[i64],
+                         last: &mut i64| {
+                if let Some(committable) = batches.committable() {
+                    assert!(
+                        committable >= *last,
+                        "went back from {last} to {committable}"
+                    );
+                    assert!(
+                        taken
+                            .iter()
+                            .filter(|o| **o < committable)
+                            .all(|o| handled.contains(o)),
+                        "{committable} passes an unhandled record"
+                    );
+                    *last = committable;
+                }
+            };
+            let finish_one = |batches: &mut PendingBatches,
+                              closed: &mut Vec<std::collections::VecDeque<Vec<i64>>>,
+                              handled: &mut BTreeSet<i64>,
+                              rng: &mut StdRng| {
+                let busy: Vec<usize> = (0..lanes).filter(|l| !closed[*l].is_empty()).collect();
+                if let Some(lane) = busy.get(rng.random_range(0..busy.len().max(1))) {
+                    let batch = closed[*lane].pop_front().expect("busy");
+                    handled.extend(&batch);
+                    batches.handled(batch[0], batch[batch.len() - 1] + 1);
+                }
+            };
+            for _ in 0..records {
                 // Gaps in the offsets now and then.
                 next += if rng.random_ratio(1, 10) { 2 } else { 1 };
-                offsets.taken(next);
+                let key = rng.random_range(0..50u32).to_string();
+                let lane = lane_of(Some(key.as_bytes()), next, lanes);
+                if open[lane].is_empty() {
+                    batches.opened(next);
+                }
+                open[lane].push(next);
                 taken.push(next);
+                if rng.random_ratio(1, 5) {
+                    closed[lane].push_back(std::mem::take(&mut open[lane]));
+                }
+                if rng.random_ratio(1, 3) {
+                    finish_one(&mut batches, &mut closed, &mut handled, &mut rng);
+                    check(&batches, &handled, &taken, &mut last);
+                }
             }
-            let end = next + 1;
-            let mut order = taken.clone();
-            order.shuffle(&mut rng);
-            let mut handled = BTreeSet::new();
-            let mut last = offsets.committable().expect("taken");
-            for offset in order {
-                offsets.handled(offset);
-                handled.insert(offset);
-                let committable = offsets.committable().expect("taken");
-                assert!(
-                    committable >= last,
-                    "went back from {last} to {committable}"
-                );
-                assert!(
-                    taken
-                        .iter()
-                        .filter(|o| **o < committable)
-                        .all(|o| handled.contains(o)),
-                    "{committable} passes an unhandled record"
-                );
-                last = committable;
+            for lane in 0..lanes {
+                if !open[lane].is_empty() {
+                    closed[lane].push_back(std::mem::take(&mut open[lane]));
+                }
             }
-            assert_eq!(offsets.committable(), Some(end));
+            while closed.iter().any(|c| !c.is_empty()) {
+                finish_one(&mut batches, &mut closed, &mut handled, &mut rng);
+                check(&batches, &handled, &taken, &mut last);
+            }
+            assert_eq!(batches.committable(), Some(next + 1));
+            assert!(batches.is_empty());
         }
     }
 }

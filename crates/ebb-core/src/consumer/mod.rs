@@ -70,9 +70,10 @@ use tokio::sync::{Notify, Semaphore};
 use self::commit::CommitState;
 use self::dead_letter::DeadLetters;
 pub use self::decode::Decoder;
+use self::key_order::PendingBatches;
 use self::metrics::ConsumerMetrics;
 use self::rebalance::Context;
-pub use self::settings::{ConsumerSettings, GroupProtocol, RetryPolicy};
+pub use self::settings::{ConsumerSettings, GroupProtocol, OrderBy, RetryPolicy};
 pub use self::sink::Sink;
 use self::worker::{Pipeline, Work};
 use crate::admin::{Admin, AdminError};
@@ -141,15 +142,21 @@ struct PartitionState {
     fetch_next: AtomicI64,
     /// Records in librdkafka's queue for this partition, from the same statistics.
     fetch_queued: AtomicI64,
-    /// Records in closed batches sent to the worker and not yet finished.
+    /// Records in closed batches sent to the workers and not yet finished.
     queued_records: AtomicUsize,
-    /// The worker is retrying a failed write: pause the partition until it succeeds.
+    /// The same, per sub-lane (one in partition order): a sub-lane whose worker has
+    /// nothing queued may close its open batch on a timeout.
+    lane_queued: Box<[AtomicUsize]>,
+    /// In key order, the batches not yet handled ([`PendingBatches`]), from which the
+    /// committable offset follows; `None` in partition order, where a batch's end is it.
+    pending: Option<Mutex<PendingBatches>>,
+    /// A worker is retrying a failed write: pause the partition until it succeeds.
     held: AtomicBool,
 }
 
 impl PartitionState {
-    /// A newly assigned partition: nothing handled, nothing known yet.
-    fn new(partition: i32) -> Self {
+    /// A newly assigned partition in `order_by`: nothing handled, nothing known yet.
+    fn new(partition: i32, order_by: OrderBy) -> Self {
         PartitionState {
             partition,
             commit: CommitState::default(),
@@ -158,7 +165,33 @@ impl PartitionState {
             fetch_next: AtomicI64::new(-1),
             fetch_queued: AtomicI64::new(-1),
             queued_records: AtomicUsize::new(0),
+            lane_queued: (0..order_by.lanes()).map(|_| AtomicUsize::new(0)).collect(),
+            pending: order_by.is_key().then(|| Mutex::new(PendingBatches::new())),
             held: AtomicBool::new(false),
+        }
+    }
+
+    /// A sub-lane opened a batch at `first_offset` (counted only in key order).
+    fn opened(&self, first_offset: i64) {
+        if let Some(pending) = &self.pending {
+            lock(pending).opened(first_offset);
+        }
+    }
+
+    /// The batch from `first_offset` to before `next_offset` was handled: advance what may
+    /// be committed. In partition order batches finish in offset order, so that is the
+    /// batch's end; in key order, the lowest record still pending in any sub-lane.
+    fn handled(&self, first_offset: i64, next_offset: i64) {
+        let committable = match &self.pending {
+            None => Some(next_offset),
+            Some(pending) => {
+                let mut pending = lock(pending);
+                pending.handled(first_offset, next_offset);
+                pending.committable()
+            }
+        };
+        if let Some(offset) = committable {
+            self.commit.handled(offset);
         }
     }
 }
@@ -430,13 +463,17 @@ pub async fn start<D: Decoder>(
     let consumer = Arc::new(consumer);
     let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
     tracing::info!(
-        "Consuming {} ({} partitions) as group {}; batch size: {}, batch timeout: {:?}, max in flight: {}",
+        "Consuming {} ({} partitions) as group {}; batch size: {}, batch timeout: {:?}, max in flight: {}, order: {}",
         shared.topic,
         topic_info.partitions,
         shared.settings.group,
         shared.settings.limits.max_records,
         shared.settings.limits.timeout,
-        shared.settings.max_in_flight
+        shared.settings.max_in_flight,
+        match shared.settings.order_by {
+            OrderBy::Partition => "by partition".to_string(),
+            OrderBy::Key { lanes } => format!("by key, {lanes} lanes per partition"),
+        }
     );
 
     let committer_stop = Arc::new(AtomicBool::new(false));
@@ -512,7 +549,7 @@ mod fixtures {
 
     /// Makes `shared` own `partition`, as an assignment does.
     pub(super) fn own(shared: &Shared, partition: i32) -> Arc<PartitionState> {
-        let state = Arc::new(PartitionState::new(partition));
+        let state = Arc::new(PartitionState::new(partition, shared.settings.order_by));
         lock(&shared.owned).insert(partition, state.clone());
         state
     }

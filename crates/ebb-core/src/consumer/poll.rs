@@ -1,7 +1,8 @@
 //! The poll thread: it owns the consumer and, one [`Poller::run_once`] step at a time,
 //! serves the main queue (rebalances, commit results, statistics), reads each partition's
-//! queue into that partition's lane (its open batch) while the partition has room, hands
-//! closed batches to the workers, and sleeps until records or room arrive. When asked to
+//! queue into that partition's lane while the partition has room (into the open batch of
+//! its one sub-lane, or in key order of the sub-lane its key maps to), hands closed
+//! batches to the workers, and sleeps until records or room arrive. When asked to
 //! stop (or idle long enough), [`Poller::shutdown`] drains, commits and closes the
 //! consumer. It never blocks on the sink.
 
@@ -17,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::batch::{Batch, BatchBuilder, Record};
 use super::fetch_queue::FetchQueue;
+use super::key_order::lane_of;
 use super::rebalance::Context;
 use super::{ConsumerReport, PartitionState, Shared, committer, lock};
 
@@ -31,12 +33,19 @@ const MAX_PARK: Duration = Duration::from_millis(10);
 
 /// The poll thread's view of one owned partition.
 pub(super) struct Lane {
-    pub(super) builder: BatchBuilder,
-    pub(super) tx: mpsc::UnboundedSender<Batch>,
+    /// Its sub-lanes: one in partition order, `--key-lanes` in key order.
+    pub(super) subs: Vec<SubLane>,
     /// The partition's own librdkafka queue (absent only if it could not be split off;
     /// its records then arrive on the consumer's main queue).
     pub(super) queue: Option<FetchQueue<Context>>,
     pub(super) state: Arc<PartitionState>,
+}
+
+/// One ordered strand of a partition: an open batch, and the worker that handles its
+/// closed batches one at a time, in order.
+pub(super) struct SubLane {
+    pub(super) builder: BatchBuilder,
+    pub(super) tx: mpsc::UnboundedSender<Batch>,
     pub(super) worker: JoinHandle<()>,
 }
 
@@ -126,7 +135,7 @@ impl Poller {
             if let Some(idle) = shared.settings.stop_after_idle
                 && now.duration_since(self.last_activity) >= idle
                 && shared.buffered_records.load(Ordering::SeqCst) == 0
-                && lock(&context.lanes).values().all(|l| l.builder.is_empty())
+                && lock(&context.lanes).values().all(|l| l.open_records() == 0)
                 && shared.probes.is_ready()
             {
                 return Step::Idle(idle);
@@ -164,25 +173,23 @@ impl Poller {
             let mut lanes = lock(&context.lanes);
             let share = context.share(lanes.len());
             let slice = 2 * shared.settings.limits.max_records;
+            let batch_size = shared.settings.limits.max_records;
             for lane in lanes.values_mut() {
                 let mut from_lane = 0;
                 while from_lane < slice && lane.has_room(share) {
                     let Some(queue) = &mut lane.queue else { break };
-                    let want = take_size(
-                        lane.builder.limits().max_records,
-                        lane.builder.len(),
-                        slice - from_lane,
-                    );
+                    // In key order the records go to many open batches: room is checked
+                    // a batch's worth at a time.
+                    let open = match lane.subs.as_slice() {
+                        [only] => only.builder.len(),
+                        _ => 0,
+                    };
+                    let want = take_size(batch_size, open, slice - from_lane);
                     let next_sweep = &mut self.next_sweep;
                     let got = queue.take(want, |record| {
-                        if let Some(deadline) = add(
-                            context,
-                            &mut lane.builder,
-                            &lane.state,
-                            &lane.tx,
-                            record,
-                            now,
-                        ) {
+                        if let Some(deadline) =
+                            add(context, &mut lane.subs, &lane.state, record, now)
+                        {
                             *next_sweep = (*next_sweep).min(deadline);
                         }
                     });
@@ -275,16 +282,28 @@ impl Context {
         let share = self.share(lanes.len());
         let mut held_back = 0;
         for lane in lanes.values_mut() {
-            // A timeout closes the open batch only when the partition's worker is free. While
-            // it is busy the batch keeps growing (up to its size), as the reference's
-            // blocking loop lets it: closing small batches on a clock while they queue up
-            // behind a slow sink would cut throughput to a few records per batch.
-            let worker_free = lane.state.queued_records.load(Ordering::SeqCst) == 0;
-            if worker_free && let Some(batch) = lane.builder.poll_timeout(now) {
-                self.dispatch(&lane.state, &lane.tx, batch);
-            }
-            if let Some(deadline) = lane.builder.deadline() {
-                next = next.min(timeout_check(deadline, now, worker_free));
+            // In key order open batches count against the partition's share; a partition
+            // that ran out of room that way closes them now rather than on their clocks,
+            // so that its workers free the room again.
+            let out_of_room = lane.subs.len() > 1 && !lane.has_room(share);
+            for (index, sub) in lane.subs.iter_mut().enumerate() {
+                // A timeout closes the open batch only when the sub-lane's worker is free.
+                // While it is busy the batch keeps growing (up to its size), as the
+                // reference's blocking loop lets it: closing small batches on a clock while
+                // they queue up behind a slow sink would cut throughput to a few records
+                // per batch.
+                let worker_free = lane.state.lane_queued[index].load(Ordering::SeqCst) == 0;
+                let closed = match (worker_free, out_of_room) {
+                    (false, _) => None,
+                    (true, false) => sub.builder.poll_timeout(now),
+                    (true, true) => sub.builder.take(),
+                };
+                if let Some(batch) = closed {
+                    self.dispatch(&lane.state, index, &sub.tx, batch);
+                }
+                if let Some(deadline) = sub.builder.deadline() {
+                    next = next.min(timeout_check(deadline, now, worker_free));
+                }
             }
             if !lane.has_room(share) {
                 held_back += 1;
@@ -294,10 +313,17 @@ impl Context {
         next
     }
 
-    /// Hands a closed batch to the partition's worker.
-    fn dispatch(&self, state: &PartitionState, tx: &mpsc::UnboundedSender<Batch>, batch: Batch) {
+    /// Hands a closed batch to the worker of sub-lane `index` of a partition.
+    fn dispatch(
+        &self,
+        state: &PartitionState,
+        index: usize,
+        tx: &mpsc::UnboundedSender<Batch>,
+        batch: Batch,
+    ) {
         let records = batch.len();
         state.queued_records.fetch_add(records, Ordering::SeqCst);
+        state.lane_queued[index].fetch_add(records, Ordering::SeqCst);
         self.shared.buffer(records);
         // A closed channel means the partition is being released; the release settles the
         // counters.
@@ -339,11 +365,22 @@ fn timeout_check(deadline: Instant, now: Instant, worker_free: bool) -> Instant 
 }
 
 impl Lane {
-    /// Whether the poll thread should read more of this partition now. The open batch
-    /// does not count, so it always fills up (memory: a share plus one batch).
+    /// Whether the poll thread should read more of this partition now. In partition order
+    /// the open batch does not count, so it always fills up (memory: a share plus one
+    /// batch); in key order the open batches count, since there are many of them (memory:
+    /// a share plus one read).
     fn has_room(&self, share: usize) -> bool {
+        let open = match self.subs.len() {
+            1 => 0,
+            _ => self.open_records(),
+        };
         !self.state.held.load(Ordering::SeqCst)
-            && self.state.queued_records.load(Ordering::SeqCst) < share
+            && self.state.queued_records.load(Ordering::SeqCst) + open < share
+    }
+
+    /// Records in the sub-lanes' open batches.
+    pub(super) fn open_records(&self) -> usize {
+        self.subs.iter().map(|s| s.builder.len()).sum()
     }
 
     /// Adds a message from the consumer's main queue (see [`Lane::queue`]).
@@ -359,32 +396,35 @@ impl Lane {
             value: message.payload(),
             timestamp_ms: message.timestamp().to_millis(),
         };
-        add(
-            context,
-            &mut self.builder,
-            &self.state,
-            &self.tx,
-            record,
-            now,
-        )
+        add(context, &mut self.subs, &self.state, record, now)
     }
 }
 
-/// Adds a record to a lane's open batch, dispatching the batch if it closed; returns the
-/// open batch's deadline, if one is open. Takes the lane's parts because its queue is
-/// borrowed while records are read from it.
+/// Adds a record to the open batch of its sub-lane (the only one, or by its key),
+/// dispatching the batch if it closed; returns that sub-lane's open batch's deadline, if
+/// one is open. Takes the lane's parts because its queue is borrowed while records are
+/// read from it.
 fn add(
     context: &Context,
-    builder: &mut BatchBuilder,
+    subs: &mut [SubLane],
     state: &PartitionState,
-    tx: &mpsc::UnboundedSender<Batch>,
     record: Record<'_>,
     now: Instant,
 ) -> Option<Instant> {
-    if let Some(batch) = builder.push(record, now) {
-        context.dispatch(state, tx, batch);
+    let index = match subs.len() {
+        1 => 0,
+        lanes => lane_of(record.key, record.offset, lanes),
+    };
+    let sub = &mut subs[index];
+    if sub.builder.is_empty() {
+        // Before the record can be handled by anyone, so a sub-lane that finishes ahead of
+        // this one never commits past it.
+        state.opened(record.offset);
     }
-    builder.deadline()
+    if let Some(batch) = sub.builder.push(record, now) {
+        context.dispatch(state, index, &sub.tx, batch);
+    }
+    sub.builder.deadline()
 }
 
 /// The periodic summary line and the processing-rate gauge.

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use super::batch::BatchBuilder;
 use super::fetch_queue::FetchQueue;
 use super::metrics::{CallLabel, KindLabel, PartitionLabel};
-use super::poll::Lane;
+use super::poll::{Lane, SubLane};
 use super::{PartitionState, Shared, committer, lock};
 use crate::kafka::AuthContext;
 
@@ -235,27 +235,30 @@ impl Context {
             if lanes.contains_key(&partition) {
                 continue;
             }
-            let state = Arc::new(PartitionState::new(partition));
-            // Unbounded, because the poll thread bounds what it sends (see the module docs).
-            let (tx, rx) = mpsc::unbounded_channel();
-            let worker = shared.runtime.spawn(shared.pipeline.clone().worker(
-                shared.clone(),
-                state.clone(),
-                rx,
-            ));
+            let order_by = shared.settings.order_by;
+            let state = Arc::new(PartitionState::new(partition, order_by));
+            let subs = (0..order_by.lanes())
+                .map(|index| {
+                    // Unbounded, because the poll thread bounds what it sends (see the
+                    // module docs).
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let worker = shared.runtime.spawn(shared.pipeline.clone().worker(
+                        shared.clone(),
+                        state.clone(),
+                        index,
+                        rx,
+                    ));
+                    let limits = shared.settings.limits;
+                    SubLane {
+                        builder: BatchBuilder::new(shared.topic.clone(), partition, limits),
+                        tx,
+                        worker,
+                    }
+                })
+                .collect();
             lock(&shared.owned).insert(partition, state.clone());
-            let limits = shared.settings.limits;
             let queue = self.split_queue(partition);
-            lanes.insert(
-                partition,
-                Lane {
-                    builder: BatchBuilder::new(shared.topic.clone(), partition, limits),
-                    tx,
-                    queue,
-                    state,
-                    worker,
-                },
-            );
+            lanes.insert(partition, Lane { subs, queue, state });
         }
         shared.metrics.assigned_partitions.set(lanes.len() as i64);
     }
@@ -282,8 +285,10 @@ impl Context {
                     shared.metrics.partition_lag.remove(&PartitionLabel {
                         partition: *partition,
                     });
-                    // Dropping the sender ends the worker once its current batch is done.
-                    released.push((lane.state, lane.worker));
+                    // Dropping the senders ends the workers once their current batches are
+                    // done.
+                    let workers: Vec<_> = lane.subs.into_iter().map(|s| s.worker).collect();
+                    released.push((lane.state, workers));
                 }
             }
             shared.metrics.assigned_partitions.set(lanes.len() as i64);
@@ -292,7 +297,8 @@ impl Context {
             return 0;
         }
         let count = released.len();
-        let (states, workers): (Vec<_>, Vec<_>) = released.into_iter().unzip();
+        let (states, workers): (Vec<_>, Vec<Vec<_>>) = released.into_iter().unzip();
+        let workers: Vec<JoinHandle<()>> = workers.into_iter().flatten().collect();
         shared.runtime.block_on(async {
             let aborts: Vec<_> = workers.iter().map(JoinHandle::abort_handle).collect();
             let mut workers = workers.into_iter();

@@ -27,7 +27,9 @@ use super::dead_letter::{HEADER_ERROR, HEADER_OFFSET, HEADER_PARTITION};
 use super::decode::Decoder;
 use super::metrics::{ConsumerMetrics, KindLabel};
 use super::sink::{BoxFuture, Sink, SinkError};
-use super::{ConsumerReport, ConsumerSettings, GroupProtocol, RetryPolicy, RunningConsumer, start};
+use super::{
+    ConsumerReport, ConsumerSettings, GroupProtocol, OrderBy, RetryPolicy, RunningConsumer, start,
+};
 use crate::http::Probes;
 use crate::kafka::KafkaOptions;
 use crate::lag::{all_partitions, partition_offsets};
@@ -63,9 +65,14 @@ struct Recorder {
     failures: AtomicUsize,
     /// A partition whose writes wait while `gate_closed` is set.
     gated: Option<i32>,
+    /// A key (of [`keyed`] records) whose writes wait while `gate_closed` is set.
+    gated_key: Option<u64>,
     gate_closed: AtomicBool,
     /// Writes begun (including failed and waiting ones).
     started: AtomicUsize,
+    /// Writes under way now, and the most there were at once.
+    writing: AtomicUsize,
+    most_writing: AtomicUsize,
 }
 
 impl Recorder {
@@ -102,10 +109,17 @@ impl Sink<Numbers> for Recorder {
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             self.started.fetch_add(1, Ordering::SeqCst);
+            let now = self.writing.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_writing.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
-            while self.gated == Some(partition) && self.gate_closed.load(Ordering::SeqCst) {
+            let gated = self.gated == Some(partition)
+                || records
+                    .iter()
+                    .any(|(_, n)| Some(n % KEYS) == self.gated_key);
+            while gated && self.gate_closed.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            self.writing.fetch_sub(1, Ordering::SeqCst);
             let fail = self
                 .failures
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -163,6 +177,19 @@ impl Mock {
             let record = BaseRecord::<(), _>::to(topic)
                 .partition(i as i32 % partitions)
                 .payload(&value);
+            self.host.send(record).map_err(|(e, _)| e).expect("send");
+        }
+        self.host.flush(Duration::from_secs(10)).expect("flush");
+    }
+
+    /// Writes `values` to partition 0 of `topic`, each keyed by [`key_of`] its number.
+    fn produce_keyed(&self, topic: &str, values: impl IntoIterator<Item = u64>) {
+        for value in values {
+            let (key, payload) = (key_of(value), value.to_string());
+            let record = BaseRecord::to(topic)
+                .partition(0)
+                .key(&key)
+                .payload(&payload);
             self.host.send(record).map_err(|(e, _)| e).expect("send");
         }
         self.host.flush(Duration::from_secs(10)).expect("flush");
@@ -278,6 +305,42 @@ async fn stop(running: RunningConsumer) -> ConsumerReport {
     let report = running.wait().await;
     assert_eq!(report.failure, None, "{report:?}");
     report
+}
+
+/// Keys of the keyed tests: number n has key `k{n % KEYS}`.
+const KEYS: u64 = 10;
+
+fn key_of(number: u64) -> String {
+    format!("k{}", number % KEYS)
+}
+
+/// Each key's records (number mod [`KEYS`]) were handled in offset order, each once, and
+/// together they are offsets `0..count` of partition 0.
+fn assert_each_key_in_order(sink: &Recorder, count: i64) {
+    let mut by_key: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
+    let mut all = Vec::new();
+    for (partition, records) in sink.batches.lock().unwrap().iter() {
+        assert_eq!(*partition, 0);
+        for (offset, number) in records {
+            assert_eq!(*offset, *number as i64, "keyed records hold their offset");
+            by_key.entry(number % KEYS).or_default().push(*offset);
+            all.push(*offset);
+        }
+    }
+    for (key, offsets) in &by_key {
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "key {key} out of order: {offsets:?}"
+        );
+    }
+    all.sort_unstable();
+    assert_eq!(all, (0..count).collect::<Vec<_>>(), "each record once");
+}
+
+/// Key order over `lanes` sub-lanes.
+fn by_key(mut settings: ConsumerSettings, lanes: usize) -> ConsumerSettings {
+    settings.order_by = OrderBy::Key { lanes };
+    settings
 }
 
 fn numbers(count: u64) -> impl Iterator<Item = String> {
@@ -508,15 +571,27 @@ async fn a_failing_sink_is_retried_with_its_partition_held_and_nothing_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_sink_keeps_the_buffered_records_within_their_bound() {
+    slow_sink_within_bound(settings("numbers", "g")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_key_order_a_slow_sink_keeps_the_buffered_records_within_their_bound() {
+    slow_sink_within_bound(by_key(settings("numbers", "g"), 4)).await;
+}
+
+/// With a slow sink, one batch in flight and room for 40 records, 600 records go through
+/// and the buffered records stay within their bound (in key order the open batches count
+/// against it too, and a partition out of room closes them).
+async fn slow_sink_within_bound(mut settings: ConsumerSettings) {
     let mock = Mock::new(&[("numbers", 2)]);
     mock.produce("numbers", 2, numbers(600));
     let sink = Arc::new(Recorder {
         delay: Duration::from_millis(20),
         ..Recorder::default()
     });
-    let mut settings = settings("numbers", "g");
     settings.max_buffered_records = 40;
     settings.max_in_flight = 1;
+    let order_by = settings.order_by;
     let (running, metrics) = mock.start(settings, sink.clone()).await;
 
     let mut most = 0;
@@ -534,7 +609,19 @@ async fn a_slow_sink_keeps_the_buffered_records_within_their_bound() {
     // The bound was reached, so it is what held the reading back.
     assert!(most >= 20, "{most} records buffered at most");
     assert_eq!(metrics.buffered_records.get(), 0);
-    assert_each_once_in_order(&sink.offsets());
+    if order_by == OrderBy::Partition {
+        assert_each_once_in_order(&sink.offsets());
+    } else {
+        // Unkeyed records are spread by offset: each once, in any order.
+        for (partition, mut offsets) in sink.offsets() {
+            offsets.sort_unstable();
+            assert_eq!(
+                offsets,
+                (0..300).collect::<Vec<_>>(),
+                "partition {partition}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -667,4 +754,77 @@ async fn the_kip_848_group_protocol_consumes_and_commits() {
     stop(running).await;
     assert_each_once_in_order(&sink.offsets());
     assert_eq!(mock.committed("g", "numbers", 2), [50, 50]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_order_keeps_each_keys_order_and_runs_keys_of_one_partition_at_once() {
+    let mock = Mock::new(&[("keyed", 1)]);
+    mock.produce_keyed("keyed", 0..500);
+    let sink = Arc::new(Recorder {
+        delay: Duration::from_millis(20),
+        ..Recorder::default()
+    });
+    let (running, _) = mock
+        .start(by_key(settings("keyed", "g"), 8), sink.clone())
+        .await;
+
+    eventually(
+        "all 500 handled",
+        || sink.handled() == 500,
+        || sink.handled().to_string(),
+    )
+    .await;
+    eventually(
+        "committed to the log end",
+        || mock.committed("g", "keyed", 1) == [500],
+        || format!("{:?}", mock.committed("g", "keyed", 1)),
+    )
+    .await;
+    let report = stop(running).await;
+
+    assert_eq!(report.processed, 500);
+    assert_each_key_in_order(&sink, 500);
+    let most = sink.most_writing.load(Ordering::SeqCst);
+    assert!(most >= 2, "one partition, at most {most} write(s) at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_key_order_nothing_is_committed_past_a_record_still_pending() {
+    let mock = Mock::new(&[("keyed", 1)]);
+    mock.produce_keyed("keyed", 0..200);
+    // Key 3's first record is offset 3: the batch holding it waits.
+    let sink = Arc::new(Recorder {
+        gated_key: Some(3),
+        gate_closed: AtomicBool::new(true),
+        ..Recorder::default()
+    });
+    let (running, _) = mock
+        .start(by_key(settings("keyed", "g"), 4), sink.clone())
+        .await;
+
+    eventually(
+        "the other sub-lanes handled records past offset 3, and 3 is committed",
+        || sink.handled() >= 50 && mock.committed("g", "keyed", 1) == [3],
+        || {
+            format!(
+                "{} handled, committed {:?}",
+                sink.handled(),
+                mock.committed("g", "keyed", 1)
+            )
+        },
+    )
+    .await;
+    // Many commit intervals later, still nothing past the pending record.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(mock.committed("g", "keyed", 1), [3]);
+
+    sink.gate_closed.store(false, Ordering::SeqCst);
+    eventually(
+        "committed to the log end once handled",
+        || mock.committed("g", "keyed", 1) == [200],
+        || format!("{:?}", mock.committed("g", "keyed", 1)),
+    )
+    .await;
+    stop(running).await;
+    assert_each_key_in_order(&sink, 200);
 }

@@ -42,6 +42,38 @@ impl RetryPolicy {
     }
 }
 
+/// What order records are handled in (`--ordering`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OrderBy {
+    /// Each partition's batches one at a time, in offset order (the reference's order):
+    /// a consumer handles at most one batch per owned partition at once.
+    #[default]
+    Partition,
+    /// Each partition's records spread over `lanes` sub-lanes by their key
+    /// ([`lane_of`](super::key_order::lane_of)); each sub-lane's batches run one at a
+    /// time in offset order, so every key keeps its order while different keys of one
+    /// partition run concurrently (see [`super::key_order`]).
+    Key {
+        /// Sub-lanes per partition (`--key-lanes`), at least 1.
+        lanes: usize,
+    },
+}
+
+impl OrderBy {
+    /// How many sub-lanes each partition has: 1 in partition order.
+    pub fn lanes(self) -> usize {
+        match self {
+            OrderBy::Partition => 1,
+            OrderBy::Key { lanes } => lanes.max(1),
+        }
+    }
+
+    /// Whether batches of one partition may finish out of offset order.
+    pub fn is_key(self) -> bool {
+        matches!(self, OrderBy::Key { .. })
+    }
+}
+
 /// Everything `ebb consume` can be told, one field per option.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -51,8 +83,10 @@ pub struct ConsumerSettings {
     pub group: String,
     /// When batches close (`BATCH_SIZE`, max bytes, `BATCH_TIMEOUT_SECONDS`).
     pub limits: BatchLimits,
-    /// Most batches in the sink at once, across partitions.
+    /// Most batches in the sink at once, across partitions (and their sub-lanes).
     pub max_in_flight: usize,
+    /// Partition order, or key order over sub-lanes.
+    pub order_by: OrderBy,
     /// Most records held in closed batches, across partitions, before the poll thread
     /// waits for workers to catch up. See [`ConsumerSettings::default_max_buffered_records`].
     pub max_buffered_records: usize,
@@ -106,6 +140,7 @@ impl ConsumerSettings {
                 timeout: Duration::from_millis(100),
             },
             max_in_flight: 64,
+            order_by: OrderBy::Partition,
             max_buffered_records: Self::default_max_buffered_records(64, 100),
             auto_offset_reset: crate::kafka::OffsetReset::Earliest,
             group_protocol: GroupProtocol::Classic {

@@ -1,5 +1,5 @@
-//! The worker of one partition: a tokio task that takes the partition's closed batches in
-//! order and, for each, decodes the records, sends the ones the decoder rejects to the
+//! The worker of one sub-lane (in partition order, of one partition): a tokio task that
+//! takes the sub-lane's closed batches in order and, for each, decodes the records, sends the ones the decoder rejects to the
 //! dead-letter topic, hands the rest to the sink (retrying with backoff while the partition
 //! is held), and then marks the batch's end offset handled, for the committer.
 //!
@@ -28,11 +28,12 @@ pub(super) struct Pipeline<D: Decoder> {
 
 /// A [`Pipeline`] of any decoder: what the runtime's shared state holds.
 pub(super) trait Work: Send + Sync + 'static {
-    /// The worker task of one newly assigned partition (see [`run`]).
+    /// The worker task of sub-lane `lane` of a newly assigned partition (see [`run`]).
     fn worker(
         self: Arc<Self>,
         shared: Arc<Shared>,
         state: Arc<PartitionState>,
+        lane: usize,
         rx: mpsc::UnboundedReceiver<Batch>,
     ) -> BoxFuture<'static, ()>;
 }
@@ -42,19 +43,21 @@ impl<D: Decoder> Work for Pipeline<D> {
         self: Arc<Self>,
         shared: Arc<Shared>,
         state: Arc<PartitionState>,
+        lane: usize,
         rx: mpsc::UnboundedReceiver<Batch>,
     ) -> BoxFuture<'static, ()> {
-        Box::pin(run(self, shared, state, rx))
+        Box::pin(run(self, shared, state, lane, rx))
     }
 }
 
 /// Runs until the partition is released (its sender dropped, or `released` set): each
-/// batch handled in turn, the buffer counters settled after each, the poll thread woken
-/// since the partition has room again.
+/// batch of sub-lane `lane` handled in turn, the buffer counters settled after each, the
+/// poll thread woken since the partition has room again.
 async fn run<D: Decoder>(
     pipeline: Arc<Pipeline<D>>,
     shared: Arc<Shared>,
     state: Arc<PartitionState>,
+    lane: usize,
     mut rx: mpsc::UnboundedReceiver<Batch>,
 ) {
     while let Some(batch) = rx.recv().await {
@@ -67,6 +70,7 @@ async fn run<D: Decoder>(
         handle_batch(&pipeline, &shared, &state, batch).await;
         shared.busy_batches.fetch_sub(1, Ordering::SeqCst);
         state.queued_records.fetch_sub(records, Ordering::SeqCst);
+        state.lane_queued[lane].fetch_sub(records, Ordering::SeqCst);
         shared.unbuffer(records);
         if let Some(poller) = shared.poller.get() {
             poller.unpark();
@@ -93,7 +97,7 @@ async fn handle_batch<D: Decoder>(
         .first_batch_ns
         .fetch_min(since_created, Ordering::Relaxed);
     let count = batch.len();
-    let next_offset = batch.next_offset();
+    let (first_offset, next_offset) = (batch.first_offset(), batch.next_offset());
     tracing::debug!("Processing batch of {count} messages");
 
     let now_ms = std::time::SystemTime::now()
@@ -162,7 +166,7 @@ async fn handle_batch<D: Decoder>(
     shared.batches.fetch_add(1, Ordering::Relaxed);
     let finished = shared.created.elapsed().as_nanos() as u64;
     shared.last_batch_ns.fetch_max(finished, Ordering::Relaxed);
-    state.commit.handled(next_offset);
+    state.handled(first_offset, next_offset);
 }
 
 /// A batch's records as `decoder` decodes them, and the records it rejected with the
@@ -483,11 +487,12 @@ mod tests {
             state
                 .queued_records
                 .fetch_add(batch.len(), Ordering::SeqCst);
+            state.lane_queued[0].fetch_add(batch.len(), Ordering::SeqCst);
             shared.buffer(batch.len());
             tx.send(batch).unwrap();
         }
         drop(tx);
-        run(trades(&sink), shared.clone(), state.clone(), rx).await;
+        run(trades(&sink), shared.clone(), state.clone(), 0, rx).await;
         assert_eq!(
             sink.writes(),
             [(0, vec![0, 1]), (0, vec![2, 3]), (0, vec![4, 5])]
