@@ -87,8 +87,9 @@ pub struct ConsumeArgs {
     key_lanes: u32,
 
     /// Most records held in batches waiting for workers, across partitions; beyond it the
-    /// poll thread waits and records stay in the client's bounded fetch queue. Default:
-    /// 2 × --max-in-flight × --batch-size, within 5,000..=100,000.
+    /// poll thread waits and records stay in the client's bounded fetch queue. In key order
+    /// the sub-lanes' open batches count too. Default: 2 × --max-in-flight × --batch-size
+    /// (3 × with --ordering key), within 5,000..=100,000.
     #[arg(long, env = "EBB_MAX_BUFFERED_RECORDS", value_parser = clap::value_parser!(u64).range(1..))]
     max_buffered_records: Option<u64>,
 
@@ -283,6 +284,12 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         })
     };
     let dead_letter_topic = dead_letter_topic(args.dead_letter_topic.as_deref(), &args.topic)?;
+    let order_by = match args.ordering {
+        Ordering::Partition => OrderBy::Partition,
+        Ordering::Key => OrderBy::Key {
+            lanes: args.key_lanes as usize,
+        },
+    };
     let settings = ConsumerSettings {
         limits: BatchLimits {
             max_records: args.batch_size as usize,
@@ -290,17 +297,13 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             timeout: args.batch_timeout,
         },
         max_in_flight: args.max_in_flight as usize,
-        order_by: match args.ordering {
-            Ordering::Partition => OrderBy::Partition,
-            Ordering::Key => OrderBy::Key {
-                lanes: args.key_lanes as usize,
-            },
-        },
+        order_by,
         max_buffered_records: args.max_buffered_records.map_or_else(
             || {
                 ConsumerSettings::default_max_buffered_records(
                     args.max_in_flight as usize,
                     args.batch_size as usize,
+                    order_by,
                 )
             },
             |n| n as usize,
