@@ -362,6 +362,14 @@ scaledObject:
 
 /// (partition, offset) of every line of a file-sink output, in file order.
 pub fn sink_lines(path: &Path) -> Vec<(i32, i64)> {
+    sink_records(path)
+        .into_iter()
+        .map(|(partition, offset, _)| (partition, offset))
+        .collect()
+}
+
+/// `(partition, offset, key)` of every whole line of a file sink's output, in file order.
+pub fn sink_records(path: &Path) -> Vec<(i32, i64, Option<String>)> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
     };
@@ -374,9 +382,34 @@ pub fn sink_lines(path: &Path) -> Vec<(i32, i64)> {
             (
                 v["partition"].as_i64().unwrap() as i32,
                 v["offset"].as_i64().unwrap(),
+                v["key"].as_str().map(String::from),
             )
         })
         .collect()
+}
+
+/// Places in a file sink's output where a key's record is written for the first time after
+/// a later record of the same key (and partition) was: a key whose order was broken.
+/// Records written again (replayed after a crash or a move) are not first writes, so they
+/// break nothing.
+pub fn key_order_violations(path: &Path) -> Vec<String> {
+    let mut written: std::collections::HashSet<(i32, i64)> = Default::default();
+    let mut highest: HashMap<(i32, String), i64> = HashMap::new();
+    let mut violations = Vec::new();
+    for (partition, offset, key) in sink_records(path) {
+        if !written.insert((partition, offset)) {
+            continue;
+        }
+        let key = key.unwrap_or_default();
+        let highest = highest.entry((partition, key.clone())).or_insert(-1);
+        if offset < *highest {
+            violations.push(format!(
+                "key {key}: {partition}:{offset} first written after {partition}:{highest}"
+            ));
+        }
+        *highest = (*highest).max(offset);
+    }
+    violations
 }
 
 /// Waits until `cond` holds, polling; panics with `what` after `limit`.
