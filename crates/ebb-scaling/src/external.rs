@@ -57,7 +57,13 @@ pub struct ScalerMetadata {
     pub topic: String,
     /// `group` (required): the Deployment's consumer group.
     pub group: String,
-    /// `capacityPerReplica` (required): messages per second one replica handles.
+    /// `capacityPerReplica` (required): messages per second one replica handles, taken as
+    /// given: nothing here derives it from or caps it by the partitions a replica owns.
+    /// With `ebb consume --ordering partition` a replica runs one batch per owned partition,
+    /// so measure it at the partitions per replica you expect; with `--ordering key` it runs
+    /// `--key-lanes` per owned partition up to `--max-in-flight`, so it can exceed
+    /// partitions owned × batch size ÷ batch time. Only the replica count is capped by the
+    /// partitions (`maxReplicas` defaults to them, and ebb-rate never asks for more).
     pub capacity_per_replica: f64,
     /// `targetDrainSeconds` (300): drain the backlog within this time.
     pub target_drain: Duration,

@@ -22,7 +22,7 @@ use crate::keda::ScaledObjectSpec;
 use crate::policy::EbbRateConfig;
 use crate::profile::RateProfile;
 use crate::scaledobject::{ScaledObjectDocument, Text, YamlError, join, read_yaml};
-use crate::sim::{Capacity, RebalanceKind, ServiceModel, SimConfig};
+use crate::sim::{Capacity, DEFAULT_KEY_LANES, OrderBy, RebalanceKind, ServiceModel, SimConfig};
 
 /// The service level of a scenario without `sla`: a message waits at most this long in
 /// Kafka. Also `ebb demo`'s, which runs a profile rather than a scenario.
@@ -189,6 +189,13 @@ mod tests {
 /// initialReplicas: 0
 /// service:
 ///   capacity: 100        # msg/s per replica; or batchSize, batchTime, maxInFlight
+///   # With batchSize: how the consumer orders records (ebb consume --ordering,
+///   # --key-lanes). partition (default): one batch in flight per owned partition;
+///   # key: keyLanes (default 16) per owned partition, so a replica's capacity is
+///   # min(maxInFlight, owned × keyLanes) × batchSize / batchTime, not capped by the
+///   # partitions it owns. keyLanes is refused without ordering: key.
+///   ordering: partition
+///   keyLanes: 16
 ///   podStartDelay: 20s
 ///   rampUp: 60s
 ///   rebalance: cooperative   # or eager
@@ -245,6 +252,8 @@ struct ServiceDocument {
     batch_size: Option<Number>,
     batch_time: Option<Span>,
     max_in_flight: Option<Number>,
+    ordering: Option<Ordering>,
+    key_lanes: Option<Number>,
     pod_start_delay: Option<Span>,
     ramp_up: Option<Span>,
     rebalance: Option<Rebalance>,
@@ -347,6 +356,56 @@ impl TryFrom<String> for Rebalance {
     }
 }
 
+/// `service.ordering`, named as `ebb consume --ordering` takes it; the lanes come from
+/// `service.keyLanes` ([`order_by`]).
+#[derive(Clone, Copy, Deserialize)]
+#[serde(try_from = "String")]
+enum Ordering {
+    Partition,
+    Key,
+}
+
+impl TryFrom<String> for Ordering {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "partition" => Ok(Ordering::Partition),
+            "key" => Ok(Ordering::Key),
+            _ => Err(format!("\"{text}\" is not partition or key")),
+        }
+    }
+}
+
+/// The order `service.ordering` and `service.keyLanes` describe, or the setting at fault
+/// and why. keyLanes without `ordering: key` is refused rather than ignored: it would say
+/// the consumer runs sub-lanes when, in partition order, it does not.
+fn order_by(
+    ordering: Option<Ordering>,
+    key_lanes: Option<f64>,
+) -> Result<OrderBy, (&'static str, String)> {
+    match (ordering, key_lanes) {
+        (None | Some(Ordering::Partition), None) => Ok(OrderBy::Partition),
+        (None | Some(Ordering::Partition), Some(_)) => Err((
+            "service.keyLanes",
+            "applies only with ordering: key (partition order runs one lane per partition)".into(),
+        )),
+        (Some(Ordering::Key), None) => Ok(OrderBy::Key {
+            lanes: DEFAULT_KEY_LANES,
+        }),
+        (Some(Ordering::Key), Some(lanes))
+            if lanes >= 1.0 && lanes.fract() == 0.0 && lanes <= f64::from(u32::MAX) =>
+        {
+            Ok(OrderBy::Key {
+                lanes: lanes as u32,
+            })
+        }
+        (Some(Ordering::Key), Some(lanes)) => Err((
+            "service.keyLanes",
+            format!("{lanes} is not a whole number of sub-lanes per partition, at least 1"),
+        )),
+    }
+}
+
 fn span(value: Option<Span>) -> Option<Duration> {
     value.map(|s| s.0)
 }
@@ -382,11 +441,28 @@ pub fn parse_scenario(text: &str, origin: &str) -> Result<Scenario, ScenarioErro
         .service
         .ok_or_else(|| err("service", "missing; give at least capacity"))?;
     let capacity = match (number(sm.capacity), number(sm.batch_size)) {
-        (Some(rate), None) if rate > 0.0 => Capacity::PerReplica(rate),
+        (Some(rate), None) if rate > 0.0 => {
+            // A measured rate already includes whatever order the consumer ran in; an
+            // ordering beside it would be ignored, so it is refused instead.
+            let ordered = [
+                ("service.ordering", sm.ordering.is_some()),
+                ("service.keyLanes", sm.key_lanes.is_some()),
+            ];
+            if let Some((setting, _)) = ordered.iter().find(|(_, given)| *given) {
+                return Err(err(
+                    setting,
+                    "applies to a capacity derived from batchSize, batchTime and maxInFlight; \
+                     capacity is a replica's measured rate, whatever its order",
+                ));
+            }
+            Capacity::PerReplica(rate)
+        }
         (None, Some(batch_size)) if batch_size > 0.0 => Capacity::Batches {
             batch_size,
             batch_time: span(sm.batch_time).unwrap_or(Duration::from_secs(1)),
             max_in_flight: number(sm.max_in_flight).unwrap_or(1.0).max(1.0),
+            order_by: order_by(sm.ordering, number(sm.key_lanes))
+                .map_err(|(setting, reason)| ScenarioError::setting(origin, setting, reason))?,
         },
         (Some(_), Some(_)) => return Err(err("service", "give capacity or batchSize, not both")),
         _ => {
@@ -481,7 +557,10 @@ pub fn parse_scenario(text: &str, origin: &str) -> Result<Scenario, ScenarioErro
 }
 
 /// The per-replica capacity ebb-rate plans with: what one replica does when it owns its
-/// share of the partitions at a typical scale (a quarter of them, at least one).
+/// share of the partitions at a typical scale (a quarter of them, at least one). In key
+/// order that share runs `keyLanes` lanes per partition up to `maxInFlight`, so the figure
+/// is not capped by the partitions owned; the replica count ebb-rate asks for still is
+/// (`EbbRateConfig::partitions`).
 fn capacity_for_policy(capacity: &Capacity, partitions: u32) -> f64 {
     capacity.per_replica((partitions as f64 / 4.0).max(1.0))
 }
@@ -564,6 +643,126 @@ ebbRate:
         for (text, setting) in cases {
             match parse_scenario(&text, "s.yaml") {
                 Err(ScenarioError::Setting { setting: got, .. }) => assert_eq!(got, setting),
+                other => panic!("{setting}: {other:?}"),
+            }
+        }
+    }
+
+    /// One replica on 6 partitions, batches of 100 taking 1 s, 64 in flight, key order
+    /// over 16 lanes, held at one replica, with more traffic than it can take.
+    const KEY_SCENARIO: &str = r#"
+name: key
+traffic: "20000@2m"
+partitions: 6
+initialReplicas: 1
+service:
+  batchSize: 100
+  batchTime: 1s
+  maxInFlight: 64
+  ordering: key
+  keyLanes: 16
+ebbRate: {minReplicas: 1, maxReplicas: 1}
+"#;
+
+    /// The steady processed rate of `scenario` under its ebb-rate.
+    fn processed_rate(scenario: &Scenario) -> f64 {
+        let mut policy = crate::policy::EbbRate::new(scenario.ebb_rate.clone());
+        let r = crate::sim::simulate(&scenario.config, &scenario.traffic, &mut policy);
+        let last = r.series.last().expect("a series");
+        assert_eq!(last.ready_replicas, 1);
+        last.processed_rate
+    }
+
+    #[test]
+    fn key_order_derives_capacity_from_the_lanes_not_the_partitions() {
+        let key = parse_scenario(KEY_SCENARIO, "key.yaml").unwrap();
+        assert_eq!(
+            key.config.service.capacity,
+            Capacity::Batches {
+                batch_size: 100.0,
+                batch_time: Duration::from_secs(1),
+                max_in_flight: 64.0,
+                order_by: OrderBy::Key { lanes: 16 },
+            }
+        );
+        assert!((processed_rate(&key) - 6400.0).abs() < 1e-6);
+        // ebb-rate plans with a quarter of the partitions owned: 1.5 × 16 lanes.
+        assert_eq!(key.ebb_rate.capacity_per_replica, 2400.0);
+        // Replicas stay capped by the partitions.
+        assert_eq!(key.ebb_rate.partitions, 6);
+
+        let text = KEY_SCENARIO.replace("  ordering: key\n  keyLanes: 16\n", "");
+        let partition = parse_scenario(&text, "partition.yaml").unwrap();
+        assert!((processed_rate(&partition) - 600.0).abs() < 1e-6);
+        assert_eq!(partition.ebb_rate.capacity_per_replica, 150.0);
+
+        let text = KEY_SCENARIO.replace("ordering: key", "ordering: partition");
+        let text = text.replace("  keyLanes: 16\n", "");
+        let explicit = parse_scenario(&text, "partition.yaml").unwrap();
+        assert_eq!(explicit.config.service, partition.config.service);
+
+        // keyLanes defaults to ebb consume's 16.
+        let text = KEY_SCENARIO.replace("  keyLanes: 16\n", "");
+        assert_ne!(text, KEY_SCENARIO, "keyLanes left out");
+        let default_lanes = parse_scenario(&text, "key.yaml").unwrap();
+        assert_eq!(default_lanes.config.service, key.config.service);
+    }
+
+    #[test]
+    fn bad_ordering_settings_are_refused_naming_the_setting() {
+        let key_lanes = |value: &str| KEY_SCENARIO.replace("keyLanes: 16", value);
+        let cases = [
+            (key_lanes("keyLanes: 0"), "service.keyLanes", "at least 1"),
+            (
+                key_lanes("keyLanes: 1.5"),
+                "service.keyLanes",
+                "whole number",
+            ),
+            (key_lanes("keyLanes: -2"), "service.keyLanes", "≥ 0"),
+            (key_lanes("keyLanes: many"), "service.keyLanes", "many"),
+            (key_lanes("keyLane: 16"), "service.keyLane", "unknown field"),
+            (
+                KEY_SCENARIO.replace("ordering: key", "ordering: keys"),
+                "service.ordering",
+                "not partition or key",
+            ),
+            (
+                KEY_SCENARIO.replace("  ordering: key\n", ""),
+                "service.keyLanes",
+                "only with ordering: key",
+            ),
+            (
+                KEY_SCENARIO.replace("ordering: key", "ordering: partition"),
+                "service.keyLanes",
+                "only with ordering: key",
+            ),
+            (
+                KEY_SCENARIO.replace(
+                    "  batchSize: 100\n  batchTime: 1s\n  maxInFlight: 64\n",
+                    "  capacity: 500\n",
+                ),
+                "service.ordering",
+                "measured rate",
+            ),
+            (
+                KEY_SCENARIO.replace(
+                    "  batchSize: 100\n  batchTime: 1s\n  maxInFlight: 64\n  ordering: key\n",
+                    "  capacity: 500\n",
+                ),
+                "service.keyLanes",
+                "measured rate",
+            ),
+        ];
+        for (text, setting, reason) in cases {
+            match parse_scenario(&text, "s.yaml") {
+                Err(ScenarioError::Setting {
+                    setting: got,
+                    reason: why,
+                    ..
+                }) => {
+                    assert_eq!(got, setting, "{why}");
+                    assert!(why.contains(reason), "{setting}: {why}");
+                }
                 other => panic!("{setting}: {other:?}"),
             }
         }

@@ -13,13 +13,46 @@ use crate::offset_rate::OffsetRate;
 use crate::policy::{Observation, Policy};
 use crate::profile::RateProfile;
 
+/// `ebb consume --key-lanes`'s default: sub-lanes per partition in key order.
+pub const DEFAULT_KEY_LANES: u32 = 16;
+
+/// How a consumer orders a partition's records, which bounds how many of that
+/// partition's batches it can have in flight (`ebb consume --ordering`, `--key-lanes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OrderBy {
+    /// Each partition's batches one at a time, in offset order: one lane per partition.
+    #[default]
+    Partition,
+    /// Each partition's records spread over `lanes` sub-lanes by a hash of the record key,
+    /// each sub-lane running its batches one at a time.
+    Key {
+        /// Sub-lanes per partition (`--key-lanes`), at least 1.
+        lanes: u32,
+    },
+}
+
+impl OrderBy {
+    /// Batches one partition can have in flight at once.
+    pub fn lanes_per_partition(self) -> f64 {
+        match self {
+            OrderBy::Partition => 1.0,
+            OrderBy::Key { lanes } => f64::from(lanes.max(1)),
+        }
+    }
+}
+
 /// How much one replica processes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Capacity {
     /// A fixed rate in messages per second at full speed.
     PerReplica(f64),
-    /// Derived from the consumer's settings: `min(max_in_flight, partitions owned)` batches
-    /// of `batch_size` every `batch_time`.
+    /// Derived from the consumer's settings: `min(max_in_flight, partitions owned × lanes
+    /// per partition)` batches of `batch_size` every `batch_time`, with one lane per
+    /// partition in partition order and `OrderBy::Key`'s `lanes` in key order. So in key
+    /// order a replica's capacity is not capped by the partitions it owns (only by
+    /// `max_in_flight`), while the replica count still is: a replica beyond the partitions
+    /// owns none. Key order assumes the keys spread evenly over the lanes; a partition
+    /// whose records share one key keeps to one lane whatever the setting.
     Batches {
         /// `BATCH_SIZE`.
         batch_size: f64,
@@ -27,6 +60,8 @@ pub enum Capacity {
         batch_time: Duration,
         /// Batches in flight at once (1 = the reference's blocking loop).
         max_in_flight: f64,
+        /// Partition or key order (`EBB_ORDERING`, `EBB_KEY_LANES`).
+        order_by: OrderBy,
     },
 }
 
@@ -39,9 +74,10 @@ impl Capacity {
                 batch_size,
                 batch_time,
                 max_in_flight,
+                order_by,
             } => {
-                max_in_flight.min(partitions_owned.max(0.0)) * batch_size
-                    / batch_time.as_secs_f64().max(1e-3)
+                let lanes = partitions_owned.max(0.0) * order_by.lanes_per_partition();
+                max_in_flight.min(lanes) * batch_size / batch_time.as_secs_f64().max(1e-3)
             }
         }
     }
@@ -257,7 +293,9 @@ pub fn simulate(config: &SimConfig, traffic: &RateProfile, policy: &mut dyn Poli
         pauses.retain(|&(until, _)| until > t);
         let paused_share: f64 = pauses.iter().map(|&(_, share)| share).sum::<f64>().min(1.0);
 
-        // Capacity of the members that own partitions (the rest idle).
+        // Capacity of the members that own partitions (the rest idle). Kafka gives each
+        // partition to one member, so this cap holds in key order too; what key order
+        // changes is only how much a member does with the partitions it owns.
         let active = ready.min(partitions);
         let owned = if active > 0 {
             partitions as f64 / active as f64
@@ -704,15 +742,95 @@ mod tests {
             batch_size: 100.0,
             batch_time: Duration::from_secs(1),
             max_in_flight: 1.0,
+            order_by: OrderBy::Partition,
         };
         assert_eq!(reference.per_replica(24.0), 100.0);
         let ebb = Capacity::Batches {
             batch_size: 100.0,
             batch_time: Duration::from_secs(1),
             max_in_flight: 64.0,
+            order_by: OrderBy::Partition,
         };
         assert_eq!(ebb.per_replica(24.0), 2400.0);
         assert_eq!(ebb.per_replica(100.0), 6400.0);
+    }
+
+    /// Batches of 100 taking 1 s, `max_in_flight` at once, in `order_by`.
+    fn batches(max_in_flight: f64, order_by: OrderBy) -> Capacity {
+        Capacity::Batches {
+            batch_size: 100.0,
+            batch_time: Duration::from_secs(1),
+            max_in_flight,
+            order_by,
+        }
+    }
+
+    #[test]
+    fn key_order_gives_each_owned_partition_its_lanes_up_to_max_in_flight() {
+        let partition = batches(64.0, OrderBy::Partition);
+        let key = batches(64.0, OrderBy::Key { lanes: 16 });
+        // Owning 6 partitions: 6 lanes in partition order; 96 in key order, 64 in flight.
+        assert_eq!(partition.per_replica(6.0), 600.0);
+        assert_eq!(key.per_replica(6.0), 6400.0);
+        // Owning 2: 32 lanes, under the in-flight limit.
+        assert_eq!(key.per_replica(2.0), 3200.0);
+        assert_eq!(key.per_replica(0.0), 0.0);
+        // One lane per partition is partition order's capacity.
+        assert_eq!(
+            batches(64.0, OrderBy::Key { lanes: 1 }).per_replica(6.0),
+            600.0
+        );
+    }
+
+    /// A 6-partition topic with far more traffic than anything here can take.
+    fn six_partitions(capacity: Capacity) -> SimConfig {
+        let mut c = config();
+        c.duration = Duration::from_secs(60);
+        c.partitions = 6;
+        c.service.capacity = capacity;
+        c
+    }
+
+    #[test]
+    fn one_replica_processes_what_its_lanes_allow() {
+        for (order_by, expected) in [
+            (OrderBy::Partition, 600.0),
+            (OrderBy::Key { lanes: 16 }, 6400.0),
+        ] {
+            let c = six_partitions(batches(64.0, order_by));
+            let r = simulate(&c, &"20000".parse().unwrap(), &mut Fixed(1));
+            let last = r.series.last().unwrap();
+            assert_eq!(last.ready_replicas, 1);
+            assert!(
+                (last.processed_rate - expected).abs() < 1e-6,
+                "{order_by:?}: {}",
+                last.processed_rate
+            );
+        }
+    }
+
+    #[test]
+    fn replicas_beyond_partitions_idle_in_both_orders() {
+        // 8 in flight: in key order a replica owning one partition (16 lanes) is at its
+        // limit, so the four replicas beyond the partitions would add capacity if they were
+        // counted. In partition order they could not (6 partitions are 6 lanes whoever owns
+        // them); the figure is checked there all the same.
+        for (order_by, per_owner) in [
+            (OrderBy::Partition, 100.0),
+            (OrderBy::Key { lanes: 16 }, 800.0),
+        ] {
+            let c = six_partitions(batches(8.0, order_by));
+            for replicas in [6, 10] {
+                let r = simulate(&c, &"20000".parse().unwrap(), &mut Fixed(replicas));
+                let last = r.series.last().unwrap();
+                assert_eq!(last.ready_replicas, replicas);
+                assert!(
+                    (last.processed_rate - 6.0 * per_owner).abs() < 1e-6,
+                    "{order_by:?} with {replicas} replicas: {}",
+                    last.processed_rate
+                );
+            }
+        }
     }
 
     #[test]

@@ -51,7 +51,11 @@ use proto::{
 /// trigger) that answers each ScaledObject's replica count from its group's lag and its
 /// topic's arrival rate. The trigger's metadata names the topic, group and ebb-rate's
 /// settings (topic, group, capacityPerReplica, targetDrainSeconds, headroom, ...; see the
-/// README); the ScaledObject's metricType must be AverageValue.
+/// README); the ScaledObject's metricType must be AverageValue. capacityPerReplica is
+/// used as given, not capped by the partitions a replica owns: with `ebb consume
+/// --ordering key` a replica runs --key-lanes batches per owned partition (up to
+/// --max-in-flight), so its capacity can exceed one batch per partition; the replica count
+/// stays capped by the topic's partitions.
 #[derive(Args)]
 pub struct KedaScalerArgs {
     /// Address of the gRPC server KEDA calls (the trigger's scalerAddress).

@@ -33,9 +33,14 @@ use crate::signals::StopSignals;
 /// Run `ebb consume` workers and scale them on the group's lag, like KEDA + HPA on
 /// Kubernetes: `keda-lag` applies a ScaledObject (--scaled-object), `ebb-rate` sizes for the
 /// arrival rate plus draining the backlog (--capacity per worker). Arguments after `--` go
-/// to every worker (e.g. `-- --batch-processing-time 0.2`); each worker gets its own
-/// --metrics-addr and --summary-file from the supervisor. Ctrl-C stops every worker
-/// cleanly.
+/// to every worker (e.g. `-- --batch-processing-time 0.2 --ordering key`); each worker
+/// gets its own --metrics-addr and --summary-file from the supervisor. Workers inherit
+/// the supervisor's environment, so `ebb consume` settings set there (EBB_ORDERING,
+/// EBB_KEY_LANES, EBB_MAX_IN_FLIGHT, BATCH_SIZE, ...) reach every worker too. The worker
+/// count is capped by the topic's partitions; --capacity is taken as given: in key order
+/// (--ordering key) a worker runs --key-lanes batches per owned partition up to
+/// --max-in-flight, so its capacity is not capped by the partitions it owns. Ctrl-C stops
+/// every worker cleanly.
 #[derive(Args)]
 pub struct ScaleArgs {
     /// Topic the workers consume.
@@ -53,7 +58,8 @@ pub struct ScaleArgs {
     /// The HPA's sync period for keda-lag (15 s on Kubernetes).
     #[arg(long, env = "EBB_HPA_SYNC_PERIOD", default_value = "15s", value_parser = parse_duration)]
     hpa_sync_period: Duration,
-    /// ebb-rate: messages per second one worker handles.
+    /// ebb-rate: messages per second one worker handles (measured, or in key order up to
+    /// min(max in flight, owned partitions × key lanes) × batch size ÷ batch time).
     #[arg(long, env = "EBB_CAPACITY", required_if_eq("policy", "ebb-rate"))]
     capacity: Option<f64>,
     /// ebb-rate: drain the backlog within this time.
@@ -90,7 +96,10 @@ pub struct ScaleArgs {
     worker_log_dir: Option<PathBuf>,
     #[command(flatten)]
     kafka: KafkaArgs,
-    /// Arguments for every `ebb consume` worker.
+    /// Arguments for every `ebb consume` worker, e.g. `-- --ordering key --key-lanes 16`.
+    /// Workers also inherit this process's environment, so `ebb consume` variables set for
+    /// `ebb scale` (EBB_ORDERING, EBB_KEY_LANES, EBB_MAX_IN_FLIGHT, BATCH_SIZE, ...) reach
+    /// every worker; an argument here wins over the variable.
     #[arg(last = true)]
     worker_args: Vec<String>,
 }

@@ -46,7 +46,16 @@ const VARIANTS: &[(&str, &[&str])] = &[
             "monitoring.serviceMonitor.enabled=true",
         ],
     ),
-    ("ebb-rate", &["--set", "scaling.mode=ebb-rate"]),
+    // scaling.mode stays last: the API server test tells the modes apart by it.
+    (
+        "ebb-rate, consumers in key order",
+        &[
+            "--set",
+            "consumer.ordering=key",
+            "--set",
+            "scaling.mode=ebb-rate",
+        ],
+    ),
     ("no autoscaling", &["--set", "scaling.mode=none"]),
 ];
 
@@ -97,6 +106,8 @@ fn bad_values_are_refused_with_the_setting_named() {
             &["--set", "consumer.terminationGracePeriodSeconds=5"][..],
             "terminationGracePeriodSeconds",
         ),
+        (&["--set", "consumer.ordering=keys"][..], "ordering"),
+        (&["--set", "consumer.keyLanes=0"][..], "keyLanes"),
     ] {
         let out = run(Command::new(tool("helm"))
             .args(["template", "ebb"])
@@ -109,6 +120,43 @@ fn bad_values_are_refused_with_the_setting_named() {
             out.status
         );
     }
+}
+
+/// The value of the first env entry `name` in rendered manifests (the consumer's, for
+/// the variables only the consumer has), unquoted.
+fn env_value(manifests: &str, name: &str) -> Option<String> {
+    let entry = format!("- name: {name}");
+    let mut lines = manifests.lines();
+    lines.find(|l| l.trim() == entry)?;
+    let value = lines.next()?.trim().strip_prefix("value: ")?;
+    Some(value.trim_matches('"').to_string())
+}
+
+#[test]
+fn the_consumer_gets_its_ordering_and_key_lanes_from_the_values() {
+    let default = render("ebb", &[]);
+    assert_eq!(
+        env_value(&default, "EBB_ORDERING").as_deref(),
+        Some("partition")
+    );
+    assert_eq!(
+        env_value(&default, "EBB_KEY_LANES"),
+        None,
+        "no lanes in partition order"
+    );
+    let key = render("ebb", &["--set", "consumer.ordering=key"]);
+    assert_eq!(env_value(&key, "EBB_ORDERING").as_deref(), Some("key"));
+    assert_eq!(env_value(&key, "EBB_KEY_LANES").as_deref(), Some("16"));
+    let lanes = render(
+        "ebb",
+        &[
+            "--set",
+            "consumer.ordering=key",
+            "--set",
+            "consumer.keyLanes=32",
+        ],
+    );
+    assert_eq!(env_value(&lanes, "EBB_KEY_LANES").as_deref(), Some("32"));
 }
 
 /// `kubeconform -strict -summary` of `manifests` against Kubernetes' JSON schemas (the one

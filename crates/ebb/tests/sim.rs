@@ -110,3 +110,65 @@ fn tune_prints_a_scaled_object_that_parses_and_its_prediction() {
     ebb_scaling::scaledobject::parse_scaled_object(&yaml, "tuned.yaml")
         .expect("the printed ScaledObject parses");
 }
+
+/// The highest processed rate in a run's series.csv.
+fn peak_processed_rate(dir: &std::path::Path) -> f64 {
+    let csv = std::fs::read_to_string(dir.join("series.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let column = header.iter().position(|c| *c == "processed_rate").unwrap();
+    lines
+        .map(|l| l.split(',').nth(column).unwrap().parse::<f64>().unwrap())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn sim_runs_a_key_order_scenario_whose_replicas_do_more_than_one_batch_per_partition() {
+    let key_path = repo_file("scenarios/key-order.yaml");
+    let key_text = std::fs::read_to_string(&key_path).unwrap();
+    // The same scenario in partition order: the two lines that select key order removed.
+    let partition_text = key_text.replace("  ordering: key\n  keyLanes: 16\n", "");
+    assert_ne!(partition_text, key_text, "the scenario selects key order");
+    let partition_path = temp_file("partition-order.yaml");
+    std::fs::write(&partition_path, partition_text).unwrap();
+
+    let mut runs = Vec::new();
+    for (order, path) in [
+        ("key", key_path.clone()),
+        ("partition", partition_path.display().to_string()),
+    ] {
+        let out = temp_file(&format!("sim-{order}"));
+        let result = run(&[
+            "sim",
+            "--scenario",
+            &path,
+            "--policy",
+            "ebb-rate",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            result.status.success(),
+            "{order}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let text = std::fs::read_to_string(out.join("summary.json")).unwrap();
+        let summary: serde_json::Value = serde_json::from_str(&text).unwrap();
+        runs.push((summary, peak_processed_rate(&out)));
+    }
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap();
+    let (key, key_peak) = &runs[0];
+    let (partition, partition_peak) = &runs[1];
+
+    // 6 partitions of batches of 100 per second: partition order never passes 600 msg/s
+    // and falls behind 3,000 msg/s for good, even at the 6 replicas the partitions allow.
+    assert!(*partition_peak <= 600.0 + 1e-6, "{partition_peak}");
+    assert!(f(partition, "final_lag") > 1_000_000.0, "{partition}");
+    assert_eq!(f(partition, "max_replicas"), 6.0, "{partition}");
+    // Key order: 16 lanes per partition keep up, and the replicas stay within the
+    // partitions.
+    assert!(*key_peak > 600.0, "{key_peak}");
+    assert_eq!(f(key, "final_lag"), 0.0, "{key}");
+    assert_eq!(f(key, "sla_violation_s"), 0.0, "{key}");
+    assert!(f(key, "max_replicas") <= 6.0, "{key}");
+}
