@@ -4,6 +4,10 @@
 //! rows in offset order, committed offsets never ahead of the table, and every malformed
 //! record in the dead-letter topic.
 //!
+//! The consumer-side scenarios run twice: in partition order and in key order
+//! (`--ordering key`), where one partition's keys finish out of offset order and a
+//! partition commits only up to its lowest record not yet written.
+//!
 //! Scenarios that restart a shared server (the broker, the database) run alone; the others
 //! run side by side.
 
@@ -37,7 +41,14 @@ struct Pipeline {
     url: String,
     producer: Option<Child>,
     consumers: Vec<Consumer>,
+    /// The order the consumers keep: [`PARTITION_ORDER`] or [`KEY_ORDER`].
+    order: &'static [&'static str],
 }
+
+/// `ebb consume`'s default order.
+const PARTITION_ORDER: &[&str] = &[];
+/// Key order over 8 sub-lanes per partition.
+const KEY_ORDER: &[&str] = &["--ordering", "key", "--key-lanes", "8"];
 
 struct Consumer {
     process: Running,
@@ -46,6 +57,16 @@ struct Consumer {
 
 impl Pipeline {
     fn start(prefix: &str, partitions: u32, rate: &str) -> Pipeline {
+        Pipeline::start_in(PARTITION_ORDER, prefix, partitions, rate)
+    }
+
+    /// A pipeline whose consumers keep `order`.
+    fn start_in(
+        order: &'static [&'static str],
+        prefix: &str,
+        partitions: u32,
+        rate: &str,
+    ) -> Pipeline {
         let url = postgres();
         let topic = create_topic(prefix, partitions);
         let table = format!("t_{}", unique(prefix).replace('-', "_"));
@@ -57,6 +78,7 @@ impl Pipeline {
             url,
             producer,
             consumers: Vec::new(),
+            order,
         }
     }
 
@@ -74,6 +96,7 @@ impl Pipeline {
             .args(["--retry-max-backoff", "1s", "--commit-interval", "500ms"])
             .args(["--session-timeout", "6s"])
             .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(self.order)
             .args(extra);
         let mut process = Running::spawn(command);
         let metrics = process.address("--metrics-addr");
@@ -185,8 +208,17 @@ impl Drop for Pipeline {
 
 #[test]
 fn consumers_killed_20_times_lose_and_duplicate_nothing() {
+    consumers_killed_20_times(PARTITION_ORDER, "fault-kill");
+}
+
+#[test]
+fn in_key_order_consumers_killed_20_times_lose_and_duplicate_nothing() {
+    consumers_killed_20_times(KEY_ORDER, "fault-kill-keys");
+}
+
+fn consumers_killed_20_times(order: &'static [&'static str], prefix: &str) {
     let _servers = shared();
-    let mut pipeline = Pipeline::start("fault-kill", 6, "400");
+    let mut pipeline = Pipeline::start_in(order, prefix, 6, "400");
     for _ in 0..3 {
         pipeline.add_consumer();
     }
@@ -226,8 +258,17 @@ fn broker_restart_mid_stream_loses_and_duplicates_nothing() {
 
 #[test]
 fn database_down_for_10_s_holds_partitions_and_loses_nothing() {
+    database_down_for_10_s(PARTITION_ORDER, "fault-db");
+}
+
+#[test]
+fn in_key_order_database_down_for_10_s_holds_partitions_and_loses_nothing() {
+    database_down_for_10_s(KEY_ORDER, "fault-db-keys");
+}
+
+fn database_down_for_10_s(order: &'static [&'static str], prefix: &str) {
     let _servers = exclusive();
-    let mut pipeline = Pipeline::start("fault-db", 6, "300");
+    let mut pipeline = Pipeline::start_in(order, prefix, 6, "300");
     for _ in 0..2 {
         pipeline.add_consumer();
     }
@@ -292,8 +333,17 @@ fn an_idle_consumer_is_not_ready_while_the_database_is_down() {
 
 #[test]
 fn consumers_joining_and_leaving_every_2_s_for_a_minute_lose_nothing() {
+    consumers_joining_and_leaving(PARTITION_ORDER, "fault-churn");
+}
+
+#[test]
+fn in_key_order_consumers_joining_and_leaving_every_2_s_for_a_minute_lose_nothing() {
+    consumers_joining_and_leaving(KEY_ORDER, "fault-churn-keys");
+}
+
+fn consumers_joining_and_leaving(order: &'static [&'static str], prefix: &str) {
     let _servers = shared();
-    let mut pipeline = Pipeline::start("fault-churn", 8, "400");
+    let mut pipeline = Pipeline::start_in(order, prefix, 8, "400");
     pipeline.add_consumer();
     pipeline.add_consumer();
     let started = Instant::now();
