@@ -93,6 +93,15 @@ pub struct ConsumeArgs {
     #[arg(long, env = "EBB_MAX_BUFFERED_RECORDS", value_parser = clap::value_parser!(u64).range(1..))]
     max_buffered_records: Option<u64>,
 
+    /// Prefetch memory in MiB, shared by the topic's partitions: each partition may queue
+    /// 3/4 × budget ÷ partitions and fetch 1/4 × budget ÷ partitions per request (within
+    /// 64 KiB..1 MiB and 16..256 KiB). Small topics get librdkafka's full prefetch; one
+    /// consumer owning the reference topic's 100 partitions stays near the budget. `-X
+    /// queued.max.messages.kbytes=...` / `max.partition.fetch.bytes=...` override it.
+    #[arg(long, env = "EBB_FETCH_BUDGET_MIB", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    fetch_budget_mib: u32,
+
     /// Where a group with no committed offset starts. `earliest`, because a new group that
     /// starts at `latest` silently skips everything already in the topic.
     #[arg(long, env = "EBB_AUTO_OFFSET_RESET", value_enum,
@@ -298,6 +307,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         },
         max_in_flight: args.max_in_flight as usize,
         order_by,
+        fetch_budget: args.fetch_budget_mib as usize * 1024 * 1024,
         max_buffered_records: args.max_buffered_records.map_or_else(
             || {
                 ConsumerSettings::default_max_buffered_records(

@@ -430,7 +430,7 @@ pub async fn start<D: Decoder>(
         None => None,
     };
 
-    let config = settings::client_config(&settings, kafka);
+    let config = settings::client_config(&settings, kafka, topic_info.partitions as usize);
 
     let stop = Arc::new(AtomicBool::new(false));
     // The watchdog's own client, so its offset requests never queue behind the consumer's.

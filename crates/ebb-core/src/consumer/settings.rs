@@ -90,6 +90,10 @@ pub struct ConsumerSettings {
     /// Most records held in closed batches, across partitions, before the poll thread
     /// waits for workers to catch up. See [`ConsumerSettings::default_max_buffered_records`].
     pub max_buffered_records: usize,
+    /// Bytes librdkafka may hold prefetched, across the topic's partitions: split into
+    /// each partition's fetch queue and fetch size by [`fetch_sizes`]
+    /// (`--fetch-budget-mib`).
+    pub fetch_budget: usize,
     /// Where a group without a committed offset starts: `earliest` or `latest`.
     pub auto_offset_reset: crate::kafka::OffsetReset,
     /// Group protocol and assignor.
@@ -149,6 +153,7 @@ impl ConsumerSettings {
             },
             max_in_flight: 64,
             order_by: OrderBy::Partition,
+            fetch_budget: 16 * 1024 * 1024,
             max_buffered_records: Self::default_max_buffered_records(64, 100, OrderBy::Partition),
             auto_offset_reset: crate::kafka::OffsetReset::Earliest,
             group_protocol: GroupProtocol::Classic {
@@ -170,10 +175,34 @@ impl ConsumerSettings {
     }
 }
 
-/// The consumer's librdkafka configuration: the client's (brokers, security, `-X`) from
-/// [`KafkaOptions::client_config`], the consumer's own keys over it, and the `-X`
-/// properties once more, last, so that they win over the consumer's keys too.
-pub fn client_config(settings: &ConsumerSettings, kafka: &KafkaOptions) -> ClientConfig {
+/// Per-partition prefetch limits that keep a consumer owning all `partitions` of a topic
+/// within `budget` bytes: what librdkafka may queue per partition
+/// (`queued.max.messages.kbytes`, in KiB) and fetch per partition per request
+/// (`max.partition.fetch.bytes`).
+///
+/// Both must shrink together: a fetched response stays in memory while any of its records
+/// waits in a queue, so what a consumer holds is about partitions × (queue + fetch). Three
+/// quarters of the budget go to the queues and a quarter to the fetches, each within
+/// bounds that keep small topics as fast as ever (1 MiB and 256 KiB per partition, up to
+/// 12 partitions at the default 16 MiB) and huge ones working (64 KiB and
+/// 16 KiB, beyond which the budget is exceeded rather than fetching starve).
+pub fn fetch_sizes(budget: usize, partitions: usize) -> (usize, usize) {
+    let partitions = partitions.max(1);
+    let queue = (budget / 4 * 3 / partitions).clamp(64 * 1024, 1024 * 1024);
+    let fetch = (budget / 4 / partitions).clamp(16 * 1024, 256 * 1024);
+    (queue / 1024, fetch)
+}
+
+/// The consumer's librdkafka configuration for a topic of `partitions` partitions: the
+/// client's (brokers, security, `-X`) from [`KafkaOptions::client_config`], the consumer's
+/// own keys over it, and the `-X` properties once more, last, so that they win over the
+/// consumer's keys too.
+pub fn client_config(
+    settings: &ConsumerSettings,
+    kafka: &KafkaOptions,
+    partitions: usize,
+) -> ClientConfig {
+    let (queue_kib, partition_fetch_bytes) = fetch_sizes(settings.fetch_budget, partitions);
     let mut config = kafka.client_config();
     config
         .set("group.id", &settings.group)
@@ -187,9 +216,12 @@ pub fn client_config(settings: &ConsumerSettings, kafka: &KafkaOptions) -> Clien
         .set("statistics.interval.ms", "5000")
         // Bounded prefetch: the fetch queues (one per partition, as each is split off) and
         // the fetch responses (which live as long as any record in them) are the
-        // consumer's largest memory users.
-        .set("queued.max.messages.kbytes", "1024")
-        .set("max.partition.fetch.bytes", "262144")
+        // consumer's largest memory users; they share the fetch budget.
+        .set("queued.max.messages.kbytes", queue_kib.to_string())
+        .set(
+            "max.partition.fetch.bytes",
+            partition_fetch_bytes.to_string(),
+        )
         // librdkafka waits this long before fetching again once that queue is full; its
         // default (1 s) starves a consumer that drains the queue in milliseconds.
         .set("fetch.queue.backoff.ms", "10")
@@ -234,7 +266,7 @@ mod tests {
 
     /// Every key the builder sets, with its value (`config_map` hides passwords).
     fn keys(settings: &ConsumerSettings, kafka: &KafkaOptions) -> BTreeMap<String, String> {
-        let config = client_config(settings, kafka);
+        let config = client_config(settings, kafka, 6);
         config
             .config_map()
             .into_keys()
@@ -266,6 +298,29 @@ mod tests {
         ("fetch.queue.backoff.ms", "10"),
         ("fetch.wait.max.ms", "50"),
     ];
+
+    #[test]
+    fn the_fetch_budget_is_shared_by_the_topics_partitions_within_bounds() {
+        const MIB: usize = 1024 * 1024;
+        // Small topics keep 1 MiB queues and 256 KiB fetches per partition.
+        assert_eq!(fetch_sizes(16 * MIB, 6), (1024, 256 * 1024));
+        assert_eq!(fetch_sizes(16 * MIB, 12), (1024, 256 * 1024));
+        assert_eq!(fetch_sizes(16 * MIB, 0), (1024, 256 * 1024));
+        // The reference topic's 100 partitions share it: 122 KiB + 41 KiB each.
+        assert_eq!(fetch_sizes(16 * MIB, 100), (122, 41_943));
+        let (queue_kib, fetch) = fetch_sizes(16 * MIB, 100);
+        assert!(100 * (queue_kib * 1024 + fetch) <= 16 * MIB);
+        // Beyond the floors the budget gives way, not the fetching.
+        assert_eq!(fetch_sizes(16 * MIB, 10_000), (64, 16 * 1024));
+        // The keys follow the topic's partitions.
+        let config = client_config(
+            &ConsumerSettings::new("t", "g"),
+            &KafkaOptions::default(),
+            100,
+        );
+        assert_eq!(config.get("queued.max.messages.kbytes"), Some("122"));
+        assert_eq!(config.get("max.partition.fetch.bytes"), Some("41943"));
+    }
 
     #[test]
     fn defaults_give_todays_classic_configuration_exactly() {
@@ -303,7 +358,7 @@ mod tests {
             auto_offset_reset: crate::kafka::OffsetReset::Latest,
             ..ConsumerSettings::new("t", "workers")
         };
-        let config = client_config(&settings, &KafkaOptions::default());
+        let config = client_config(&settings, &KafkaOptions::default(), 6);
         assert_eq!(config.get("partition.assignment.strategy"), Some("range"));
         assert_eq!(config.get("session.timeout.ms"), Some("45500"));
         assert_eq!(config.get("heartbeat.interval.ms"), Some("3000"));
@@ -324,7 +379,7 @@ mod tests {
         ] {
             kafka.extra.push((k.into(), v.into()));
         }
-        let config = client_config(&ConsumerSettings::new("t", "g"), &kafka);
+        let config = client_config(&ConsumerSettings::new("t", "g"), &kafka, 6);
         assert_eq!(config.get("fetch.wait.max.ms"), Some("500"));
         assert_eq!(config.get("session.timeout.ms"), Some("30000"));
         assert_eq!(config.get("enable.auto.commit"), Some("true"));
@@ -367,7 +422,7 @@ mod tests {
             aws_region: Some("eu-west-1".into()),
             ..KafkaOptions::new("b-1:9098")
         };
-        let config = client_config(&ConsumerSettings::new("t", "g"), &iam);
+        let config = client_config(&ConsumerSettings::new("t", "g"), &iam, 6);
         assert_eq!(config.get("sasl.mechanism"), Some("OAUTHBEARER"));
         assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
         assert_eq!(config.get("sasl.username"), None);
@@ -386,7 +441,7 @@ mod tests {
             ..classic.clone()
         };
         for settings in [&classic, &kip_848] {
-            if let Err(e) = client_config(settings, &kafka).create::<BaseConsumer>() {
+            if let Err(e) = client_config(settings, &kafka, 6).create::<BaseConsumer>() {
                 panic!("{:?}: {e}", settings.group_protocol);
             }
         }
@@ -395,7 +450,7 @@ mod tests {
             "heartbeat.interval.ms",
             "partition.assignment.strategy",
         ] {
-            let mut config = client_config(&kip_848, &kafka);
+            let mut config = client_config(&kip_848, &kafka, 6);
             config.set(
                 key,
                 if key.ends_with("strategy") {
