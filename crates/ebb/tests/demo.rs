@@ -132,20 +132,19 @@ fn a_short_demo_loses_nothing_and_leaves_no_process() {
 }
 
 /// A plain HTTP GET of `path` on `addr`: the whole response (status line, headers, body).
-fn http_get(addr: &str, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response)
+/// The body of the dashboard's `path` when it answers 200, else empty.
+fn dashboard_get(addr: &str, path: &str) -> String {
+    match http_get(&format!("http://{addr}{path}")) {
+        Some((200, body)) => body,
+        _ => String::new(),
+    }
 }
 
 fn wait_for_page(addr: &str) -> String {
     let mut page = String::new();
     wait_until("the dashboard", Duration::from_secs(60), || {
-        page = http_get(addr, "/").unwrap_or_default();
-        page.split_whitespace().nth(1) == Some("200")
+        page = dashboard_get(addr, "/");
+        !page.is_empty()
     });
     page
 }
@@ -158,7 +157,7 @@ fn wait_for_summary(demo: &mut std::process::Child, addr: &str) -> bool {
         if demo.try_wait().expect("try_wait").is_some() {
             return false;
         }
-        let run = http_get(addr, "/run.json").unwrap_or_default();
+        let run = dashboard_get(addr, "/run.json");
         if run.contains("\"summary\":{") {
             return true;
         }
@@ -240,7 +239,22 @@ fn text_after<'a>(dom: &'a str, attribute: &str) -> &'a str {
 /// a screenshot in the target directory.
 fn check_dashboard_in_chromium(chromium: &Chromium, addr: &str) {
     let run = |extra: &[&str]| chromium.load(addr, extra);
-    std::thread::sleep(Duration::from_secs(8));
+    // What the checks below look for exists: a few samples (three points per line) and
+    // the first scale event. Under load (other suites running beside it) the demo takes
+    // longer to get there than on an idle machine.
+    wait_until(
+        "the demo to serve samples and a scale event",
+        Duration::from_secs(60),
+        || {
+            let body = |path| {
+                serde_json::from_str::<serde_json::Value>(&dashboard_get(addr, path))
+                    .unwrap_or_default()
+            };
+            let samples = body("/series.json").as_array().map_or(0, Vec::len);
+            let events = body("/run.json")["events"].as_array().map_or(0, Vec::len);
+            samples >= 4 && events >= 1
+        },
+    );
     let first = run(&["--dump-dom"]);
     // The rendered panels, not the script that draws them.
     let panels = first

@@ -9,7 +9,7 @@
 //! it are read again after a crash (at least once, as before; the postgres sink is
 //! idempotent per record).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 /// The sub-lane, of `lanes`, for a record with `key` at `offset`: a stable hash of the key
 /// (FNV-1a, the same in every process and release, so a key's lane does not move between
@@ -44,8 +44,10 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// record: two small updates for every hundred records or so.
 #[derive(Debug, Default, Clone)]
 pub struct PendingBatches {
-    /// First offsets of the batches opened and not yet handled.
-    pending: BTreeSet<i64>,
+    /// First offsets of the batches opened and not yet handled, with how many start
+    /// there (more than one only if the client went back in the log, e.g. after an offset
+    /// reset, and two sub-lanes opened batches at the same offset).
+    pending: BTreeMap<i64, usize>,
     /// One past the last record of the handled batches (-1: none yet).
     next: i64,
 }
@@ -54,7 +56,7 @@ impl PendingBatches {
     /// Nothing taken yet.
     pub fn new() -> Self {
         PendingBatches {
-            pending: BTreeSet::new(),
+            pending: BTreeMap::new(),
             next: -1,
         }
     }
@@ -62,12 +64,17 @@ impl PendingBatches {
     /// A sub-lane opened a batch with the record at `first_offset`. Records are taken in
     /// offset order, so this is above every offset taken before.
     pub fn opened(&mut self, first_offset: i64) {
-        self.pending.insert(first_offset);
+        *self.pending.entry(first_offset).or_default() += 1;
     }
 
     /// The batch from `first_offset` to just before `next_offset` was handled.
     pub fn handled(&mut self, first_offset: i64, next_offset: i64) {
-        self.pending.remove(&first_offset);
+        if let Some(count) = self.pending.get_mut(&first_offset) {
+            *count -= 1;
+            if *count == 0 {
+                self.pending.remove(&first_offset);
+            }
+        }
         self.next = self.next.max(next_offset);
     }
 
@@ -75,15 +82,15 @@ impl PendingBatches {
     /// before the first batch was handled.
     pub fn committable(&self) -> Option<i64> {
         let handled_up_to = (self.next >= 0).then_some(self.next);
-        match self.pending.first() {
-            Some(lowest) => handled_up_to.map(|next| next.min(*lowest)),
+        match self.pending.first_key_value() {
+            Some((lowest, _)) => handled_up_to.map(|next| next.min(*lowest)),
             None => handled_up_to,
         }
     }
 
     /// Batches opened and not yet handled.
     pub fn len(&self) -> usize {
-        self.pending.len()
+        self.pending.values().sum()
     }
 
     /// Whether every batch opened was handled.
@@ -94,6 +101,8 @@ impl PendingBatches {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
@@ -136,6 +145,25 @@ mod tests {
         batches.handled(20, 21);
         assert_eq!(batches.committable(), Some(21));
         assert!(batches.is_empty());
+    }
+
+    #[test]
+    fn two_batches_opened_at_one_offset_both_hold_the_commit() {
+        // The client went back in the log: two sub-lanes opened batches at offset 7.
+        let mut batches = PendingBatches::new();
+        batches.opened(5);
+        batches.handled(5, 9);
+        batches.opened(7);
+        batches.opened(7);
+        assert_eq!(batches.len(), 2);
+        batches.handled(7, 8);
+        assert_eq!(
+            batches.committable(),
+            Some(7),
+            "the other batch at 7 is pending"
+        );
+        batches.handled(7, 10);
+        assert_eq!(batches.committable(), Some(10));
     }
 
     /// Random keys over random sub-lanes, batches closed at random sizes, and sub-lanes

@@ -6,10 +6,11 @@
 //! a partition's queue into that partition's [`BatchBuilder`](batch::BatchBuilder) while
 //! the partition has room, and sends each closed batch down the partition's channel to its
 //! worker task. Workers run concurrently (bounded by a semaphore, the in-flight limit) but
-//! each handles its own partition's batches strictly in order: decode each record with the
-//! [`Decoder`], send the records it rejects to the dead-letter topic, hand the decoded rest
-//! to the [`Sink`] (retrying with backoff; the partition is held meanwhile), then mark the
-//! batch's end offset committable. A committer task commits those offsets asynchronously
+//! each handles its own batches strictly in order (in key order a partition has several
+//! sub-lanes, each with its own open batch and worker; see [`key_order`]): decode each
+//! record with the [`Decoder`], send the records it rejects to the dead-letter topic, hand
+//! the decoded rest to the [`Sink`] (retrying with backoff; the partition is held
+//! meanwhile), then mark the batch's end offset committable. A committer task commits those offsets asynchronously
 //! every `commit_interval` (committing after every batch would send thousands of commits a
 //! second at high rates, and a synchronous commit queued behind them times out).
 //!
@@ -32,8 +33,10 @@
 //! - `rebalance`: the librdkafka context: assign, revoke drain, unassign;
 //! - [`decode`]: the [`Decoder`] trait, the pipeline's first step (trades:
 //!   [`TradeDecoder`](crate::trade::TradeDecoder)); [`sink`]: the [`Sink`] trait, its last;
-//! - `worker`: one task per partition: decode, dead-letter, sink, retry; the only part
-//!   generic over the decoder;
+//! - `worker`: one task per sub-lane (per partition in partition order): decode,
+//!   dead-letter, sink, retry; the only part generic over the decoder;
+//! - [`key_order`]: the sub-lane of a key, and what a partition may commit when its
+//!   sub-lanes finish out of order;
 //! - `committer`: the periodic asynchronous commit and the commit results;
 //! - [`commit`]: per-partition commit accounting (pure); `commit_request`: the FFI call
 //!   that gets asynchronous commit results back;
@@ -150,8 +153,9 @@ struct PartitionState {
     /// In key order, the batches not yet handled ([`PendingBatches`]), from which the
     /// committable offset follows; `None` in partition order, where a batch's end is it.
     pending: Option<Mutex<PendingBatches>>,
-    /// A worker is retrying a failed write: pause the partition until it succeeds.
-    held: AtomicBool,
+    /// Sub-lanes whose worker is retrying a failed write: the partition is not read while
+    /// any is ([`PartitionState::is_held`]).
+    failing_lanes: AtomicUsize,
 }
 
 impl PartitionState {
@@ -167,8 +171,13 @@ impl PartitionState {
             queued_records: AtomicUsize::new(0),
             lane_queued: (0..order_by.lanes()).map(|_| AtomicUsize::new(0)).collect(),
             pending: order_by.is_key().then(|| Mutex::new(PendingBatches::new())),
-            held: AtomicBool::new(false),
+            failing_lanes: AtomicUsize::new(0),
         }
+    }
+
+    /// A write of this partition is failing and being retried: it is not read meanwhile.
+    fn is_held(&self) -> bool {
+        self.failing_lanes.load(Ordering::SeqCst) > 0
     }
 
     /// A sub-lane opened a batch at `first_offset` (counted only in key order).

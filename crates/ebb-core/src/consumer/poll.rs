@@ -199,6 +199,11 @@ impl Poller {
                     }
                 }
                 taken += from_lane;
+                // In key order a partition can run out of room on its open batches alone;
+                // closed now, they go to their workers instead of waiting out their clocks.
+                if lane.subs.len() > 1 && !lane.has_room(share) {
+                    context.close_idle_open_batches(lane);
+                }
             }
         }
 
@@ -282,10 +287,9 @@ impl Context {
         let share = self.share(lanes.len());
         let mut held_back = 0;
         for lane in lanes.values_mut() {
-            // In key order open batches count against the partition's share; a partition
-            // that ran out of room that way closes them now rather than on their clocks,
-            // so that its workers free the room again.
-            let out_of_room = lane.subs.len() > 1 && !lane.has_room(share);
+            if lane.subs.len() > 1 && !lane.has_room(share) {
+                self.close_idle_open_batches(lane);
+            }
             for (index, sub) in lane.subs.iter_mut().enumerate() {
                 // A timeout closes the open batch only when the sub-lane's worker is free.
                 // While it is busy the batch keeps growing (up to its size), as the
@@ -293,10 +297,10 @@ impl Context {
                 // they queue up behind a slow sink would cut throughput to a few records
                 // per batch.
                 let worker_free = lane.state.lane_queued[index].load(Ordering::SeqCst) == 0;
-                let closed = match (worker_free, out_of_room) {
-                    (false, _) => None,
-                    (true, false) => sub.builder.poll_timeout(now),
-                    (true, true) => sub.builder.take(),
+                let closed = if worker_free {
+                    sub.builder.poll_timeout(now)
+                } else {
+                    None
                 };
                 if let Some(batch) = closed {
                     self.dispatch(&lane.state, index, &sub.tx, batch);
@@ -311,6 +315,20 @@ impl Context {
         }
         self.shared.metrics.paused_partitions.set(held_back);
         next
+    }
+
+    /// Closes the open batches of a partition's sub-lanes whose workers have nothing to do.
+    /// In key order the open batches count against the partition's share of the buffer, so
+    /// a partition can run out of room on them alone; they then go to their workers at once
+    /// rather than on their clocks, and the room comes back as the workers finish.
+    fn close_idle_open_batches(&self, lane: &mut Lane) {
+        for (index, sub) in lane.subs.iter_mut().enumerate() {
+            if lane.state.lane_queued[index].load(Ordering::SeqCst) == 0
+                && let Some(batch) = sub.builder.take()
+            {
+                self.dispatch(&lane.state, index, &sub.tx, batch);
+            }
+        }
     }
 
     /// Hands a closed batch to the worker of sub-lane `index` of a partition.
@@ -374,8 +392,7 @@ impl Lane {
             1 => 0,
             _ => self.open_records(),
         };
-        !self.state.held.load(Ordering::SeqCst)
-            && self.state.queued_records.load(Ordering::SeqCst) + open < share
+        !self.state.is_held() && self.state.queued_records.load(Ordering::SeqCst) + open < share
     }
 
     /// Records in the sub-lanes' open batches.
@@ -424,7 +441,12 @@ fn add(
     if let Some(batch) = sub.builder.push(record, now) {
         context.dispatch(state, index, &sub.tx, batch);
     }
-    sub.builder.deadline()
+    // While the sub-lane's worker is busy its batch may outgrow its clock (see the sweep);
+    // a past deadline would otherwise pull every sweep forward.
+    let worker_free = state.lane_queued[index].load(Ordering::SeqCst) == 0;
+    sub.builder
+        .deadline()
+        .map(|deadline| timeout_check(deadline, now, worker_free))
 }
 
 /// The periodic summary line and the processing-rate gauge.

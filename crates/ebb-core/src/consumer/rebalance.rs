@@ -325,7 +325,7 @@ impl Context {
             let left = state.queued_records.swap(0, Ordering::SeqCst);
             shared.unbuffer(left);
             // Its worker may have been retrying a failing sink when it was released.
-            if state.held.swap(false, Ordering::SeqCst) {
+            if state.failing_lanes.swap(0, Ordering::SeqCst) > 0 {
                 shared.probes.recovered();
             }
         }

@@ -46,9 +46,12 @@ pub struct SinkError(pub String);
 /// returned future may hold them (lifetime `'a`) but not keep them past its end. A sink
 /// used by several partitions' workers at once must be shareable (`Sync`).
 pub trait Sink<D: Decoder = TradeDecoder>: Send + Sync + 'static {
-    /// Handles one batch of one partition, in offset order. Must be idempotent for a
-    /// batch that is retried after an error or replayed after a crash or a rebalance
-    /// (at-least-once delivery). An error holds the partition and the batch is retried
+    /// Handles one batch of one partition, in offset order. In partition order a
+    /// partition's batches come one at a time, in order; in key order several batches of
+    /// one partition (of different keys) may be written at once, each key's in order. Must
+    /// be idempotent per record: a batch is retried after an error, and records are
+    /// replayed after a crash or a rebalance (at-least-once delivery; in key order that can
+    /// be records handled above a batch still pending). An error holds the partition and the batch is retried
     /// with backoff until it succeeds or the partition is released.
     fn write<'a, 'r>(
         &'a self,

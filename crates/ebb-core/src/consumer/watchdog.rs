@@ -35,7 +35,8 @@ pub struct Snapshot {
     /// The next offset the client hands this consumer (its application position); `None`
     /// before the first record.
     pub position: Option<i64>,
-    /// One past the last record the worker handled; `None` before the first batch.
+    /// What the partition may commit: one past the last handled record (in key order,
+    /// its lowest record not yet handled); `None` before the first batch.
     pub handled: Option<i64>,
     /// Records in batches queued for or in the worker, or the sink is being retried
     /// (the partition is held): slow, not stalled.
@@ -347,8 +348,7 @@ pub(super) mod runner {
                         fetched_to_end: fetch_queued == 0 && fetch_next >= row.log_end,
                         position: positions.get(&row.partition).copied(),
                         handled: (handled >= 0).then_some(handled),
-                        busy: state.queued_records.load(Ordering::SeqCst) > 0
-                            || state.held.load(Ordering::SeqCst),
+                        busy: state.queued_records.load(Ordering::SeqCst) > 0 || state.is_held(),
                     })
                 })
                 .collect(),

@@ -1,5 +1,5 @@
-//! The worker of one sub-lane (in partition order, of one partition): a tokio task that
-//! takes the sub-lane's closed batches in order and, for each, decodes the records, sends the ones the decoder rejects to the
+//! The worker of one sub-lane (in partition order, the partition's only one): a tokio
+//! task that takes the sub-lane's closed batches in order and, for each, decodes the records, sends the ones the decoder rejects to the
 //! dead-letter topic, hands the rest to the sink (retrying with backoff while the partition
 //! is held), and then marks the batch's end offset handled, for the committer.
 //!
@@ -67,14 +67,27 @@ async fn run<D: Decoder>(
         }
         let records = batch.len();
         shared.busy_batches.fetch_add(1, Ordering::SeqCst);
+        // Settled even if a release's timeout aborts this task mid-batch.
+        let busy = OnDrop(|| {
+            shared.busy_batches.fetch_sub(1, Ordering::SeqCst);
+        });
         handle_batch(&pipeline, &shared, &state, batch).await;
-        shared.busy_batches.fetch_sub(1, Ordering::SeqCst);
+        drop(busy);
         state.queued_records.fetch_sub(records, Ordering::SeqCst);
         state.lane_queued[lane].fetch_sub(records, Ordering::SeqCst);
         shared.unbuffer(records);
         if let Some(poller) = shared.poller.get() {
             poller.unpark();
         }
+    }
+}
+
+/// Runs its closure when dropped: counters that must be settled however a task ends.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
     }
 }
 
@@ -89,8 +102,16 @@ async fn handle_batch<D: Decoder>(
     let Ok(_permit) = shared.in_flight.acquire().await else {
         return;
     };
+    // Released while waiting for a slot (in key order a partition may have a batch waiting
+    // in each sub-lane): not begun, so dropped, and the revoke does not wait for it.
+    if state.released.load(Ordering::SeqCst) {
+        return;
+    }
     let metrics = &shared.metrics;
     metrics.in_flight.inc();
+    let in_flight = OnDrop(|| {
+        metrics.in_flight.dec();
+    });
     let started = Instant::now();
     let since_created = started.duration_since(shared.created).as_nanos() as u64;
     shared
@@ -136,7 +157,7 @@ async fn handle_batch<D: Decoder>(
         Some(())
     }
     .await;
-    metrics.in_flight.dec();
+    drop(in_flight);
     if done.is_none() {
         return;
     }
@@ -204,17 +225,23 @@ where
     Fut: std::future::Future<Output = Result<(), SinkError>>,
 {
     let mut backoff = shared.settings.retry.initial_backoff;
+    let mut failing = false;
     loop {
         match attempt().await {
             Ok(()) => {
-                if state.held.swap(false, Ordering::SeqCst) {
+                if failing && state.failing_lanes.fetch_sub(1, Ordering::SeqCst) == 1 {
                     shared.probes.recovered();
                 }
                 return Some(());
             }
             Err(e) => {
-                if !state.held.swap(true, Ordering::SeqCst) {
-                    shared.probes.failed();
+                // The partition is held while any of its sub-lanes is failing; a release
+                // settles the count of those that give up.
+                if !failing {
+                    failing = true;
+                    if state.failing_lanes.fetch_add(1, Ordering::SeqCst) == 0 {
+                        shared.probes.failed();
+                    }
                 }
                 if state.released.load(Ordering::SeqCst) {
                     return None;
@@ -242,7 +269,7 @@ mod tests {
 
     use tokio::sync::mpsc;
 
-    use super::{Decoder, Pipeline, age_seconds, decode, handle_batch, run};
+    use super::{Decoder, Pipeline, age_seconds, decode, handle_batch, retry, run};
     use crate::consumer::batch::{Batch, BatchBuilder, BatchLimits, Record};
     use crate::consumer::fixtures::{own, shared};
     use crate::consumer::sink::{BoxFuture, Sink, SinkError};
@@ -445,7 +472,7 @@ mod tests {
         assert_eq!(shared.metrics.retries.get(), 3);
         assert_eq!(sink.writes(), [(0, vec![0])]);
         assert_eq!(state.commit.handled_offset(), 1);
-        assert!(!state.held.load(Ordering::SeqCst));
+        assert!(!state.is_held());
         assert!(shared.probes.is_ready());
     }
 
@@ -464,13 +491,79 @@ mod tests {
             })
         };
         tokio::time::sleep(Duration::from_secs(30)).await;
-        assert!(state.held.load(Ordering::SeqCst));
+        assert!(state.is_held());
         assert!(!shared.probes.is_ready(), "not ready while held");
         state.released.store(true, Ordering::SeqCst);
         task.await.unwrap();
         assert!(sink.writes().is_empty());
         assert_eq!(state.commit.handled_offset(), -1);
         assert_eq!(processed(&shared), (0, 0, 0));
+        assert_eq!(shared.metrics.in_flight.get(), 0);
+    }
+
+    /// An attempt that fails `failures` times, then succeeds.
+    fn failing_attempts(
+        failures: usize,
+    ) -> impl FnMut() -> BoxFuture<'static, Result<(), SinkError>> {
+        let left = Arc::new(AtomicUsize::new(failures));
+        move || {
+            let left = left.clone();
+            Box::pin(async move {
+                match left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+                    Ok(_) => Err(SinkError("the database is down".into())),
+                    Err(_) => Ok(()),
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partition_stays_held_while_any_of_its_sub_lanes_is_failing() {
+        let shared = shared(settings(), Recording::failing(0));
+        shared.probes.set_ready(true);
+        let state = own(&shared, 0);
+        let retrying = |failures| {
+            let (shared, state) = (shared.clone(), state.clone());
+            tokio::spawn(async move { retry(&shared, &state, failing_attempts(failures)).await })
+        };
+        // Two sub-lanes' writes: one fails once (back at 100 ms), one four times.
+        let (short, long) = (retrying(1), retrying(4));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(short.is_finished());
+        assert!(state.is_held(), "the other sub-lane still fails");
+        assert!(!shared.probes.is_ready());
+        assert_eq!(long.await.unwrap(), Some(()));
+        assert!(!state.is_held());
+        assert!(shared.probes.is_ready());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_released_while_waiting_for_a_slot_is_dropped_unbegun() {
+        let sink = Recording::failing(0);
+        let shared = shared(settings(), sink.clone());
+        let state = own(&shared, 0);
+        // Every slot taken, as by other partitions' (or sub-lanes') batches.
+        let slots = shared.in_flight.available_permits() as u32;
+        let taken = shared
+            .in_flight
+            .clone()
+            .acquire_many_owned(slots)
+            .await
+            .unwrap();
+        let good = trade();
+        let task = {
+            let (shared, state) = (shared.clone(), state.clone());
+            let pipeline = trades(&sink);
+            tokio::spawn(async move {
+                handle_batch(&pipeline, &shared, &state, batch(0, &[&good])).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        state.released.store(true, Ordering::SeqCst);
+        drop(taken);
+        task.await.unwrap();
+        assert!(sink.writes().is_empty(), "a revoke does not wait for it");
+        assert_eq!(state.commit.handled_offset(), -1);
         assert_eq!(shared.metrics.in_flight.get(), 0);
     }
 
