@@ -273,7 +273,7 @@ mod tests {
     use crate::consumer::batch::{Batch, BatchBuilder, BatchLimits, Record};
     use crate::consumer::fixtures::{own, shared};
     use crate::consumer::sink::{BoxFuture, Sink, SinkError};
-    use crate::consumer::{ConsumerSettings, Shared};
+    use crate::consumer::{ConsumerSettings, PartitionState, Shared};
     use crate::trade::{TradeDecoder, TradeGenerator};
 
     /// A sink that fails its first `failures` writes, then records each batch's offsets.
@@ -476,20 +476,27 @@ mod tests {
         assert!(shared.probes.is_ready());
     }
 
+    /// A task handling one batch of one trade of partition 0 into `sink`.
+    fn spawn_one_batch(
+        sink: &Arc<Recording>,
+        shared: &Arc<Shared>,
+        state: &Arc<PartitionState>,
+    ) -> tokio::task::JoinHandle<()> {
+        let (shared, state) = (shared.clone(), state.clone());
+        let pipeline = trades(sink);
+        let good = trade();
+        tokio::spawn(
+            async move { handle_batch(&pipeline, &shared, &state, batch(0, &[&good])).await },
+        )
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_partition_released_while_held_gives_its_batch_up_unhandled() {
         let sink = Recording::failing(usize::MAX);
         let shared = shared(settings(), sink.clone());
         shared.probes.set_ready(true);
         let state = own(&shared, 0);
-        let good = trade();
-        let task = {
-            let (shared, state) = (shared.clone(), state.clone());
-            let pipeline = trades(&sink);
-            tokio::spawn(async move {
-                handle_batch(&pipeline, &shared, &state, batch(0, &[&good])).await
-            })
-        };
+        let task = spawn_one_batch(&sink, &shared, &state);
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert!(state.is_held());
         assert!(!shared.probes.is_ready(), "not ready while held");
@@ -550,14 +557,7 @@ mod tests {
             .acquire_many_owned(slots)
             .await
             .unwrap();
-        let good = trade();
-        let task = {
-            let (shared, state) = (shared.clone(), state.clone());
-            let pipeline = trades(&sink);
-            tokio::spawn(async move {
-                handle_batch(&pipeline, &shared, &state, batch(0, &[&good])).await
-            })
-        };
+        let task = spawn_one_batch(&sink, &shared, &state);
         tokio::time::sleep(Duration::from_millis(10)).await;
         state.released.store(true, Ordering::SeqCst);
         drop(taken);
