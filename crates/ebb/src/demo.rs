@@ -566,6 +566,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             _ = stop_signals.recv() => { interrupted = true; break }
         }
         let t = started.elapsed().as_secs_f64();
+        // Without the supervisor there is nothing to show: say why rather than wait out the
+        // traffic with an empty dashboard (a port already in use, say).
+        if let Some(status) = scale.try_wait()? {
+            signal_child(&producer, libc::SIGTERM);
+            let _ = producer.wait();
+            let log = out.join("scale.log");
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            anyhow::bail!(
+                "the supervisor (ebb scale) exited with {status} at {t:.0} s: {last} (its log: {})",
+                log.display()
+            );
+        }
         if traffic_done.is_none() && producer.try_wait()?.is_some() {
             traffic_done = Some(Instant::now());
             println!(

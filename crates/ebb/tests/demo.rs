@@ -17,7 +17,9 @@ use ebb_testkit::free_port;
 fn a_short_demo_loses_nothing_and_leaves_no_process() {
     let out = temp_file("demo");
     let dashboard = format!("127.0.0.1:{}", free_port());
-    let base = (free_port() / 100).max(30) * 100;
+    // The demo's own ports: the supervisor's and the producer's metrics at the base, the
+    // workers' from base + 100 (12 partitions: at most 12 workers).
+    let base = free_port_base(100, (0..2).chain(100..112));
     let mut demo = ebb()
         .args([
             "demo",

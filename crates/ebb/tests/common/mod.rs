@@ -304,11 +304,21 @@ pub fn audit_passes(
 /// now (the supervisor gives worker N port base + N - 1 itself, so this stays a chosen
 /// range rather than port 0; pgrep finds the workers by it).
 pub fn worker_port_base() -> u16 {
+    free_port_base(10, 0..10)
+}
+
+/// A port base, a multiple of `round` and at least 20,000, with every port at the
+/// `offsets` from it free now: for commands that take a range of ports rather than port 0.
+pub fn free_port_base(round: u16, offsets: impl Iterator<Item = u16> + Clone) -> u16 {
     loop {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
-        let base = (probe.local_addr().expect("port").port() / 10).max(2000) * 10;
+        let base = (probe.local_addr().expect("port").port() / round).max(20_000 / round) * round;
         drop(probe);
-        if (base..base + 10).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()) {
+        let free = offsets.clone().all(|offset| {
+            base.checked_add(offset)
+                .is_some_and(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        });
+        if free {
             return base;
         }
     }
