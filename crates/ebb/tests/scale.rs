@@ -23,16 +23,19 @@ fn worker_pids(port_base: u16) -> Vec<i32> {
         .collect()
 }
 
-/// Starts `ebb scale` with its HTTP on port 0; returns it and that address.
+/// Starts `ebb scale` with its HTTP on port 0 and `env` added to its environment;
+/// returns it and that address.
 fn spawn_scale(
     topic: &str,
     group: &str,
     port_base: u16,
     extra: &[&str],
     worker: &[&str],
+    env: &[(&str, &str)],
 ) -> (Running, String) {
     let mut command = ebb();
     command
+        .envs(env.iter().copied())
         .args(["scale", "--topic", topic, "--group", group])
         .args(["--metrics-addr", "127.0.0.1:0", "--interval", "1s"])
         .args(["--worker-port-base", &port_base.to_string()])
@@ -69,6 +72,7 @@ fn keda_lag_scales_up_under_lag_drains_and_scales_to_zero() {
             "1s",
         ],
         &["--batch-size", "50", "--batch-processing-time", "0.25"],
+        &[],
     );
     wait_until(
         "scale-up beyond one worker",
@@ -94,11 +98,14 @@ fn keda_lag_scales_up_under_lag_drains_and_scales_to_zero() {
     assert!(worker_pids(base).is_empty(), "no worker left behind");
 }
 
+/// In key order, which reaches the workers both as an argument after `--` and through the
+/// supervisor's environment.
 #[test]
-fn a_killed_worker_is_replaced_and_no_record_is_lost() {
+fn a_killed_worker_in_key_order_is_replaced_and_no_record_is_lost_or_out_of_order() {
     let topic = create_topic("scale-kill", 4);
     let group = unique("g");
     let file = temp_file("out.jsonl");
+    let logs = temp_file("workers");
     let producer = spawn_producer(&topic, "300");
     let base = worker_port_base();
     let (scale, addr) = spawn_scale(
@@ -116,6 +123,8 @@ fn a_killed_worker_is_replaced_and_no_record_is_lost() {
             "3",
             "--up-settle",
             "2s",
+            "--worker-log-dir",
+            logs.to_str().unwrap(),
         ],
         &[
             "--sink",
@@ -126,7 +135,10 @@ fn a_killed_worker_is_replaced_and_no_record_is_lost() {
             "20",
             "--batch-processing-time",
             "0",
+            "--ordering",
+            "key",
         ],
+        &[("EBB_KEY_LANES", "4")],
     );
     wait_until("workers ready", Duration::from_secs(60), || {
         metric(&addr, "ebb_scale_ready_replicas").is_some_and(|n| n >= 2.0)
@@ -158,5 +170,11 @@ fn a_killed_worker_is_replaced_and_no_record_is_lost() {
     );
     let audit = audit(&[&file], &ends);
     assert_eq!(audit.gaps, 0, "{audit:?}");
+    assert_eq!(key_order_violations(&file), Vec::<String>::new());
+    let first = std::fs::read_to_string(logs.join("worker-1.log")).unwrap_or_default();
+    assert!(
+        first.contains("order: by key, 4 lanes per partition"),
+        "the worker runs in key order with the supervisor's EBB_KEY_LANES: {first}"
+    );
     assert!(worker_pids(base).is_empty(), "no worker left behind");
 }
