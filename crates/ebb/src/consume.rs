@@ -95,8 +95,9 @@ pub struct ConsumeArgs {
 
     /// Prefetch memory in MiB, shared by the topic's partitions: each partition may queue
     /// 3/4 × budget ÷ partitions and fetch 1/4 × budget ÷ partitions per request (within
-    /// 64 KiB..1 MiB and 16..256 KiB). Small topics get librdkafka's full prefetch; one
-    /// consumer owning the reference topic's 100 partitions stays near the budget. `-X
+    /// 64 KiB..1 MiB and 16..256 KiB). Small topics get librdkafka's full prefetch. Kafka
+    /// returns at least one whole record batch per partition, so with large producer
+    /// batches a consumer owning many partitions holds more than the budget. `-X
     /// queued.max.messages.kbytes=...` / `max.partition.fetch.bytes=...` override it.
     #[arg(long, env = "EBB_FETCH_BUDGET_MIB", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
