@@ -7,7 +7,7 @@ use crate::hpa::{PolicyType, RatePolicy, ScalingRules, SelectPolicy};
 use crate::keda::ScaledObjectSpec;
 use crate::policy::KedaLag;
 use crate::profile::RateProfile;
-use crate::sim::{SimConfig, Summary, simulate};
+use crate::sim::{OrderBy, SimConfig, Summary, simulate};
 
 /// One candidate and how it did.
 #[derive(Debug, Clone)]
@@ -253,10 +253,20 @@ fn trigger_flags_yaml(t: &crate::keda::KafkaTrigger) -> String {
 }
 
 /// The same configuration as values for the Helm chart `deploy/helm/ebb` in its keda-lag
-/// mode, to pass with `helm install -f`.
-pub fn helm_values_yaml(spec: &ScaledObjectSpec, topic: &str, group: &str) -> String {
+/// mode, to pass with `helm install -f`; with `order_by` (the scenario's service model)
+/// in key order, the consumers are set to it too, since the tuning assumed their capacity.
+pub fn helm_values_yaml(
+    spec: &ScaledObjectSpec,
+    topic: &str,
+    group: &str,
+    order_by: OrderBy,
+) -> String {
     let t = &spec.trigger;
-    format!(
+    let consumer = match order_by {
+        OrderBy::Partition => String::new(),
+        OrderBy::Key { lanes } => format!("consumer:\n  ordering: key\n  keyLanes: {lanes}\n"),
+    };
+    let values = format!(
         concat!(
             "kafka:\n  topic: {topic}\n  consumerGroup: {group}\n",
             "scaling:\n  mode: keda-lag\n  minReplicaCount: {min}\n  maxReplicaCount: {max}\n",
@@ -281,7 +291,8 @@ pub fn helm_values_yaml(spec: &ScaledObjectSpec, topic: &str, group: &str) -> St
         zero = t.scale_to_zero_on_invalid_offset,
         with_lag = t.limit_to_partitions_with_lag,
         behavior = behavior_yaml(spec, 4),
-    )
+    );
+    values + &consumer
 }
 
 fn offset_reset_policy(spec: &ScaledObjectSpec) -> &'static str {
@@ -363,8 +374,13 @@ mod tests {
     #[test]
     fn the_helm_values_carry_the_same_configuration() {
         let spec = grid(&ScaledObjectSpec::default())[1234].clone();
-        let values: serde_json::Value =
-            serde_saphyr::from_str(&helm_values_yaml(&spec, "orders", "order-workers")).unwrap();
+        let values: serde_json::Value = serde_saphyr::from_str(&helm_values_yaml(
+            &spec,
+            "orders",
+            "order-workers",
+            OrderBy::Partition,
+        ))
+        .unwrap();
         let scaling = &values["scaling"];
         assert_eq!(values["kafka"]["topic"].as_str(), Some("orders"));
         assert_eq!(
@@ -389,6 +405,21 @@ mod tests {
             up["policies"].as_array().map(Vec::len),
             Some(spec.behavior.scale_up.policies.len())
         );
+        assert!(
+            values["consumer"].is_null(),
+            "partition order is the chart's default"
+        );
+        // Tuned for consumers in key order: the values set them so.
+        let keyed: serde_json::Value = serde_saphyr::from_str(&helm_values_yaml(
+            &spec,
+            "orders",
+            "order-workers",
+            OrderBy::Key { lanes: 8 },
+        ))
+        .unwrap();
+        assert_eq!(keyed["consumer"]["ordering"].as_str(), Some("key"));
+        assert_eq!(keyed["consumer"]["keyLanes"].as_u64(), Some(8));
+        assert_eq!(keyed["scaling"], values["scaling"]);
     }
 
     #[test]

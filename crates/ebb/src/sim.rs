@@ -11,7 +11,7 @@ use ebb_scaling::chart;
 use ebb_scaling::policy::{EbbRate, KedaLag, Policy};
 use ebb_scaling::scaledobject::parse_scaled_object;
 use ebb_scaling::scenario::{Scenario, parse_scenario};
-use ebb_scaling::sim::{SimResult, Summary, series_csv, simulate};
+use ebb_scaling::sim::{Capacity, OrderBy, SimResult, Summary, series_csv, simulate};
 use ebb_scaling::tune::{grid, helm_values_yaml, scaled_object_yaml, tune};
 
 use crate::args::{UsageError, parse_duration};
@@ -212,7 +212,15 @@ pub fn run_tune(args: TuneArgs) -> anyhow::Result<ExitCode> {
             &args.topic,
             &args.group,
         ),
-        TuneFormat::HelmValues => helm_values_yaml(&result.best.spec, &args.topic, &args.group),
+        TuneFormat::HelmValues => helm_values_yaml(
+            &result.best.spec,
+            &args.topic,
+            &args.group,
+            match scenario.config.service.capacity {
+                Capacity::Batches { order_by, .. } => order_by,
+                Capacity::PerReplica(_) => OrderBy::Partition,
+            },
+        ),
     };
     if !result.best.acceptable() {
         println!("# No candidate met the SLA without reversals; this one comes closest.");
