@@ -791,16 +791,22 @@ mod tests {
         c
     }
 
+    /// The last sample of `c` run at `replicas` replicas under 20,000 msg/s, with that many
+    /// ready by then.
+    fn saturated(c: &SimConfig, replicas: u32) -> Sample {
+        let r = simulate(c, &"20000".parse().unwrap(), &mut Fixed(replicas));
+        let last = r.series.last().unwrap().clone();
+        assert_eq!(last.ready_replicas, replicas);
+        last
+    }
+
     #[test]
     fn one_replica_processes_what_its_lanes_allow() {
         for (order_by, expected) in [
             (OrderBy::Partition, 600.0),
             (OrderBy::Key { lanes: 16 }, 6400.0),
         ] {
-            let c = six_partitions(batches(64.0, order_by));
-            let r = simulate(&c, &"20000".parse().unwrap(), &mut Fixed(1));
-            let last = r.series.last().unwrap();
-            assert_eq!(last.ready_replicas, 1);
+            let last = saturated(&six_partitions(batches(64.0, order_by)), 1);
             assert!(
                 (last.processed_rate - expected).abs() < 1e-6,
                 "{order_by:?}: {}",
@@ -821,9 +827,7 @@ mod tests {
         ] {
             let c = six_partitions(batches(8.0, order_by));
             for replicas in [6, 10] {
-                let r = simulate(&c, &"20000".parse().unwrap(), &mut Fixed(replicas));
-                let last = r.series.last().unwrap();
-                assert_eq!(last.ready_replicas, replicas);
+                let last = saturated(&c, replicas);
                 assert!(
                     (last.processed_rate - 6.0 * per_owner).abs() < 1e-6,
                     "{order_by:?} with {replicas} replicas: {}",

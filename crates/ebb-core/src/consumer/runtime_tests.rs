@@ -300,6 +300,27 @@ async fn eventually(what: &str, done: impl Fn() -> bool, state: impl Fn() -> Str
     }
 }
 
+/// Waits until the sink has handled `count` records.
+async fn until_handled(sink: &Recorder, count: usize) {
+    eventually(
+        &format!("{count} handled"),
+        || sink.handled() == count,
+        || sink.handled().to_string(),
+    )
+    .await;
+}
+
+/// Waits until `group`'s committed offsets on `topic` are `expected`, partition by partition.
+async fn until_committed(mock: &Mock, group: &str, topic: &str, expected: &[i64]) {
+    let partitions = expected.len() as i32;
+    eventually(
+        &format!("{group} committed {expected:?} on {topic}"),
+        || mock.committed(group, topic, partitions) == expected,
+        || format!("{:?}", mock.committed(group, topic, partitions)),
+    )
+    .await;
+}
+
 async fn stop(running: RunningConsumer) -> ConsumerReport {
     running.stop();
     let report = running.wait().await;
@@ -362,19 +383,9 @@ async fn records_reach_the_sink_once_in_order_in_bounded_batches_and_are_committ
     let sink = Recorder::new();
     let (running, metrics) = mock.start(settings("numbers", "g"), sink.clone()).await;
 
-    eventually(
-        "all 300 handled",
-        || sink.handled() == 300,
-        || sink.handled().to_string(),
-    )
-    .await;
+    until_handled(&sink, 300).await;
     // Periodic commits, while running: the stop commits too, so look before it.
-    eventually(
-        "commits reach the log end",
-        || mock.committed("g", "numbers", 3) == [100, 100, 100],
-        || format!("{:?}", mock.committed("g", "numbers", 3)),
-    )
-    .await;
+    until_committed(&mock, "g", "numbers", &[100, 100, 100]).await;
     let report = stop(running).await;
 
     assert_eq!((report.processed, report.dead_lettered), (300, 0));
@@ -402,12 +413,7 @@ async fn a_batch_that_cannot_fill_closes_at_its_timeout() {
     settings.limits.timeout = Duration::from_millis(200);
     let (running, _) = mock.start(settings, sink.clone()).await;
 
-    eventually(
-        "7 handled",
-        || sink.handled() == 7,
-        || sink.handled().to_string(),
-    )
-    .await;
+    until_handled(&sink, 7).await;
     stop(running).await;
     let batches = sink.batches.lock().unwrap().clone();
     assert_eq!(batches.len(), 1, "{batches:?}");
@@ -443,12 +449,7 @@ async fn nothing_is_committed_past_a_record_the_sink_has_not_handled() {
     assert_eq!(mock.committed("g", "numbers", 2), [20, -1]);
 
     sink.gate_closed.store(false, Ordering::SeqCst);
-    eventually(
-        "partition 1 committed once handled",
-        || mock.committed("g", "numbers", 2) == [20, 20],
-        || format!("{:?}", mock.committed("g", "numbers", 2)),
-    )
-    .await;
+    until_committed(&mock, "g", "numbers", &[20, 20]).await;
     stop(running).await;
     assert_each_once_in_order(&sink.offsets());
 }
@@ -499,18 +500,8 @@ async fn rejected_records_go_to_the_dead_letter_topic_with_their_reason_and_are_
     settings.dead_letter_topic = Some("numbers.dlq".into());
     let (running, metrics) = mock.start(settings, sink.clone()).await;
 
-    eventually(
-        "4 handled",
-        || sink.handled() == 4,
-        || sink.handled().to_string(),
-    )
-    .await;
-    eventually(
-        "committed past the rejected records",
-        || mock.committed("g", "numbers", 1) == [6],
-        || format!("{:?}", mock.committed("g", "numbers", 1)),
-    )
-    .await;
+    until_handled(&sink, 4).await;
+    until_committed(&mock, "g", "numbers", &[6]).await;
     let report = stop(running).await;
 
     assert_eq!((report.processed, report.dead_lettered), (4, 2));
@@ -554,12 +545,7 @@ async fn a_failing_sink_is_retried_with_its_partition_held_and_nothing_lost() {
     });
     let (running, metrics) = mock.start(settings("numbers", "g"), sink.clone()).await;
 
-    eventually(
-        "50 handled",
-        || sink.handled() == 50,
-        || sink.handled().to_string(),
-    )
-    .await;
+    until_handled(&sink, 50).await;
     let report = stop(running).await;
 
     assert_eq!(report.processed, 50);
@@ -745,12 +731,7 @@ async fn the_kip_848_group_protocol_consumes_and_commits() {
     settings.group_protocol = GroupProtocol::Consumer;
     let (running, _) = mock.start(settings, sink.clone()).await;
 
-    eventually(
-        "all 100 handled",
-        || sink.handled() == 100,
-        || sink.handled().to_string(),
-    )
-    .await;
+    until_handled(&sink, 100).await;
     stop(running).await;
     assert_each_once_in_order(&sink.offsets());
     assert_eq!(mock.committed("g", "numbers", 2), [50, 50]);
@@ -768,18 +749,8 @@ async fn key_order_keeps_each_keys_order_and_runs_keys_of_one_partition_at_once(
         .start(by_key(settings("keyed", "g"), 8), sink.clone())
         .await;
 
-    eventually(
-        "all 500 handled",
-        || sink.handled() == 500,
-        || sink.handled().to_string(),
-    )
-    .await;
-    eventually(
-        "committed to the log end",
-        || mock.committed("g", "keyed", 1) == [500],
-        || format!("{:?}", mock.committed("g", "keyed", 1)),
-    )
-    .await;
+    until_handled(&sink, 500).await;
+    until_committed(&mock, "g", "keyed", &[500]).await;
     let report = stop(running).await;
 
     assert_eq!(report.processed, 500);
@@ -819,12 +790,7 @@ async fn in_key_order_nothing_is_committed_past_a_record_still_pending() {
     assert_eq!(mock.committed("g", "keyed", 1), [3]);
 
     sink.gate_closed.store(false, Ordering::SeqCst);
-    eventually(
-        "committed to the log end once handled",
-        || mock.committed("g", "keyed", 1) == [200],
-        || format!("{:?}", mock.committed("g", "keyed", 1)),
-    )
-    .await;
+    until_committed(&mock, "g", "keyed", &[200]).await;
     stop(running).await;
     assert_each_key_in_order(&sink, 200);
 }
