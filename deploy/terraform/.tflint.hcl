@@ -1,4 +1,4 @@
-# tflint with its bundled terraform ruleset, every rule on (crates/ebb/tests/terraform.rs
+# tflint with its bundled terraform ruleset, every rule on (crates/ebb/tests/real/terraform.rs
 # runs it over this directory and each module). The AWS ruleset plugin
 # (terraform-linters/tflint-ruleset-aws) is downloaded by `tflint --init` from GitHub
 # releases, which this project's machines cannot reach, so it is not enabled here; enable

@@ -179,7 +179,7 @@ variable "consumer_group" {
 # ---- EKS -----------------------------------------------------------------------------------
 
 variable "kubernetes_version" {
-  description = "EKS Kubernetes version (the chart is checked against a 1.34 API server in crates/ebb/tests/deploy.rs)."
+  description = "EKS Kubernetes version (the chart is checked against a 1.34 API server in crates/ebb/tests/real/deploy.rs)."
   type        = string
   default     = "1.34"
 

@@ -86,7 +86,8 @@ impl Admin {
                 .client_config()
                 .create()
                 .map_err(|source| AdminError::Kafka {
-                    context: "cannot create the Kafka admin client (check -X properties)".into(),
+                    context: "cannot create the Kafka admin client (a client property was refused)"
+                        .into(),
                     source,
                 })?;
         if let Some(iam) = options.msk_iam() {

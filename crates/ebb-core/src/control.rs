@@ -52,7 +52,7 @@ impl RateChanges {
             RateChanges::Loopback => Ok(()),
             RateChanges::Refused => Err((
                 StatusCode::FORBIDDEN,
-                "rate changes are off on a listener beyond loopback without a control token: start the producer with --control-token-file (EBB_CONTROL_TOKEN_FILE) and send Authorization: Bearer <token>\n",
+                "rate changes are off on a listener beyond loopback without a control token: configure the producer's control token and send Authorization: Bearer <token>\n",
             )),
             RateChanges::Token(expected) => {
                 let offered = headers

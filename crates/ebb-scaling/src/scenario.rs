@@ -25,7 +25,7 @@ use crate::scaledobject::{ScaledObjectDocument, Text, YamlError, join, read_yaml
 use crate::sim::{Capacity, DEFAULT_KEY_LANES, OrderBy, RebalanceKind, ServiceModel, SimConfig};
 
 /// The service level of a scenario without `sla`: a message waits at most this long in
-/// Kafka. Also `ebb demo`'s, which runs a profile rather than a scenario.
+/// Kafka. Also the default of `ebb demo --sla`.
 pub const DEFAULT_SLA: Duration = Duration::from_secs(30);
 
 /// Why a scenario could not be read.

@@ -29,7 +29,6 @@ use ebb_core::http::{Client, serve};
 use ebb_scaling::chart;
 use ebb_scaling::offset_rate::OffsetRate;
 use ebb_scaling::policy::{EbbRateInputs, Explanation, Inputs, KedaLagInputs, Limit};
-use ebb_scaling::scenario::DEFAULT_SLA;
 use ebb_scaling::sim::{Sample, Summary, SummarySettings, oldest_waiting, series_csv};
 
 use crate::args::{KafkaArgs, UsageError, parse_duration};
@@ -49,26 +48,30 @@ pub struct DemoArgs {
     )]
     profile: String,
     /// Scaling policy.
-    #[arg(long, value_enum, default_value_t = DemoPolicy::EbbRate)]
+    #[arg(long, env = "EBB_DEMO_POLICY", value_enum, default_value_t = DemoPolicy::EbbRate)]
     policy: DemoPolicy,
     /// Partitions of the demo topic (the most workers that can share the work).
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, env = "EBB_DEMO_PARTITIONS", default_value_t = 12)]
     partitions: i32,
-    /// Where the dashboard is served.
+    /// Where the dashboard is served (port 0: any free port, logged as "Listening on").
     #[arg(long, env = "EBB_DASHBOARD_ADDR", default_value = "127.0.0.1:8080")]
     dashboard_addr: SocketAddr,
     /// Directory for the chart, series, summary and logs.
-    #[arg(long, default_value = "demo-out")]
+    #[arg(long, env = "EBB_DEMO_OUT", default_value = "demo-out")]
     out: PathBuf,
     /// After the traffic ends, how long to wait for the lag to drain and workers to stop.
-    #[arg(long, default_value = "180s", value_parser = parse_duration)]
+    #[arg(long, env = "EBB_DEMO_DRAIN_TIMEOUT", default_value = "180s", value_parser = parse_duration)]
     drain_timeout: Duration,
     /// First of the local ports for the supervisor, the producer and the workers.
-    #[arg(long, default_value_t = 9400)]
+    #[arg(long, env = "EBB_DEMO_PORT_BASE", default_value_t = 9400)]
     port_base: u16,
+    /// The service level the summary holds the run to: the longest a message may wait in
+    /// Kafka (the scenario format's `sla`, whose default this is, as in scenarios/demo.yaml).
+    #[arg(long, env = "EBB_DEMO_SLA", default_value = "30s", value_parser = parse_duration)]
+    sla: Duration,
     /// After the summary, keep serving the dashboard this long so an open page shows it
     /// (Ctrl-C ends it sooner).
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, env = "EBB_DEMO_LINGER", default_value = "3s", value_parser = parse_duration)]
     linger: Duration,
     #[command(flatten)]
     kafka: KafkaArgs,
@@ -112,16 +115,16 @@ const WORKER_CAPACITY: f64 = 400.0;
 /// scale-in within a minute is.
 const REVERSAL_WINDOW: Duration = Duration::from_secs(60);
 
-/// How the run's figures are computed: as `ebb sim` computes a scenario's. The demo runs a
-/// profile, not a scenario, so its SLA is the scenario format's default (30 s, also what
-/// `scenarios/demo.yaml`, the demo as a scenario, sets); the run starts with no worker and
-/// an empty topic.
-const SUMMARY_SETTINGS: SummarySettings = SummarySettings {
-    sla: DEFAULT_SLA,
-    reversal_window: REVERSAL_WINDOW,
-    initial_replicas: 0,
-    initial_lag: 0.0,
-};
+/// How the run's figures are computed: as `ebb sim` computes a scenario's, held to `sla`.
+/// The run starts with no worker and an empty topic.
+fn summary_settings(sla: Duration) -> SummarySettings {
+    SummarySettings {
+        sla,
+        reversal_window: REVERSAL_WINDOW,
+        initial_replicas: 0,
+        initial_lag: 0.0,
+    }
+}
 
 /// A ScaledObject for the demo's scale: quick polling, a short cooldown.
 const DEMO_SCALED_OBJECT: &str = "apiVersion: keda.sh/v1alpha1
@@ -415,64 +418,230 @@ fn processed_by_workers(dir: &Path) -> anyhow::Result<(u64, u32)> {
     Ok((processed, without_summary))
 }
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let profile: ebb_scaling::RateProfile = args
-        .profile
-        .parse()
-        .map_err(|e| UsageError(format!("--profile / EBB_DEMO_PROFILE: {e}")))?;
-    let Some(traffic_length) = profile.duration() else {
-        return Err(UsageError("--profile must end (give every segment a duration)".into()).into());
-    };
-    let kafka = args.kafka.options()?;
-    ensure_kafka(&kafka).await?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let out = args.out.canonicalize()?;
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let topic = format!("ebb-demo-{stamp}");
-    let group = format!("ebb-demo-{stamp}");
-    Admin::new(&kafka)?
-        .create_topic(&topic, args.partitions, 1, &[])
-        .await?;
+/// The run as sampled once a second: turns the supervisor's metrics into the dashboard's
+/// points, scale events and progress lines.
+struct Watch {
+    policy: DemoPolicy,
+    board: SharedBoard,
+    /// (t, log end) at each sample, for the time the oldest waiting message has waited.
+    arrivals: Vec<(f64, f64)>,
+    arrival_rate_of: OffsetRate,
+    processed_rate_of: OffsetRate,
+    /// What the group had committed at the last sample.
+    last_committed: f64,
+    last_desired: u32,
+    last_limit: Option<Limit>,
+    last_report: Instant,
+}
 
-    let board: SharedBoard = Arc::new(Mutex::new(Board {
-        about: serde_json::json!({
-            "policy": args.policy.name(),
-            "partitions": args.partitions,
-            "profile": profile.to_string(),
-            "worker_capacity_msg_s": WORKER_CAPACITY,
-        }),
-        ..Board::default()
-    }));
-    let dashboard = serve(
-        args.dashboard_addr,
-        routes(board.clone()),
-        "--dashboard-addr / EBB_DASHBOARD_ADDR",
-    )
-    .await?;
-    let scale_port = args.port_base;
-    let producer_port = args.port_base + 1;
-    let workers_dir = out.join("workers");
-    let _ = std::fs::remove_dir_all(&workers_dir);
-    std::fs::create_dir_all(&workers_dir)?;
+impl Watch {
+    fn new(policy: DemoPolicy, board: SharedBoard) -> Self {
+        Watch {
+            policy,
+            board,
+            // The topic and the group are new: nothing has arrived or been committed at 0 s.
+            arrivals: vec![(0.0, 0.0)],
+            arrival_rate_of: OffsetRate::starting_at(0.0, 0.0),
+            processed_rate_of: OffsetRate::starting_at(0.0, 0.0),
+            last_committed: 0.0,
+            last_desired: 0,
+            last_limit: None,
+            last_report: Instant::now(),
+        }
+    }
 
-    let kafka_flags = vec![
-        "--bootstrap-servers".to_string(),
-        kafka.bootstrap_servers.clone(),
-    ];
+    /// Records the sample at `t` seconds from the supervisor's metrics `m`; returns the lag
+    /// and the current worker count.
+    fn record(&mut self, t: f64, m: &Scrape, workers: Vec<WorkerRow>) -> (f64, u32) {
+        let get = |name: &str| m.get(name).copied().unwrap_or(0.0);
+        let (log_end, committed, lag) = (
+            get("ebb_scale_log_end_offsets"),
+            get("ebb_scale_committed_offsets"),
+            get("ebb_scale_lag"),
+        );
+        let arrival_rate = self.arrival_rate_of.update(t, log_end);
+        let processed_rate = self.processed_rate_of.update(t, committed);
+        self.last_committed = committed;
+        self.arrivals.push((t, log_end));
+        let message_time = if lag < 1.0 {
+            0.0
+        } else {
+            oldest_waiting(&self.arrivals, committed, t)
+        };
+        let current = get("ebb_scale_current_replicas") as u32;
+        let sample = Sample {
+            t_s: t,
+            arrival_rate,
+            processed_rate,
+            lag,
+            lag_target: get("ebb_scale_lag_target"),
+            desired_replicas: get("ebb_scale_desired_replicas") as u32,
+            current_replicas: current,
+            ready_replicas: get("ebb_scale_ready_replicas") as u32,
+            message_time_s: message_time,
+        };
+        if self.last_report.elapsed() >= Duration::from_secs(5) {
+            println!(
+                "[{t:>4.0} s] in {arrival_rate:>6.0} msg/s, out {processed_rate:>6.0} msg/s, lag {lag:>7.0}, replicas {} (ready {}), message time {message_time:.1} s",
+                sample.current_replicas, sample.ready_replicas
+            );
+            self.last_report = Instant::now();
+        }
+        let explained = explanation(self.policy, m);
+        let limit = explained.as_ref().and_then(Explanation::binding_limit);
+        if limit != self.last_limit {
+            match limit {
+                Some(l) => println!("[{t:>4.0} s] capped: {}", l.describe()),
+                None => println!("[{t:>4.0} s] no longer capped"),
+            }
+            self.last_limit = limit;
+        }
+        let event = (sample.desired_replicas != self.last_desired).then(|| {
+            let (from, to) = (self.last_desired, sample.desired_replicas);
+            let reason = explained.as_ref().map_or_else(
+                || "the supervisor exported no explanation".to_string(),
+                |e| e.reason(from, to),
+            );
+            println!("[{t:>4.0} s] scale {from} → {to}: {reason}");
+            ScaleEvent {
+                t_s: t,
+                from,
+                to,
+                reason,
+            }
+        });
+        self.last_desired = sample.desired_replicas;
+        if let Ok(mut b) = self.board.lock() {
+            b.points.push(Point {
+                sample,
+                uncapped_replicas: explained.as_ref().map(|e| e.uncapped_replicas),
+                limit,
+            });
+            b.events.extend(event);
+            b.workers = workers;
+        }
+        (lag, current)
+    }
+}
+
+/// What the run left behind once it has ended: where its summaries are and what it was.
+struct Ended<'a> {
+    args: &'a DemoArgs,
+    profile: &'a ebb_scaling::RateProfile,
+    topic: &'a str,
+    group: &'a str,
+    scale_args: &'a [String],
+    out: &'a Path,
+    workers_dir: &'a Path,
+    producer_summary: &'a Path,
+    producer_log: &'a Path,
+    /// What the group had committed at the last sample.
+    last_committed: f64,
+    interrupted: bool,
+}
+
+impl Ended<'_> {
+    /// Computes the run's summary as `ebb sim` computes a scenario's, from the samples and
+    /// the producer's and workers' exit summaries; writes summary.json, series.csv and
+    /// chart.svg and prints the table. Returns summary.json's content and the records lost.
+    fn report(&self, samples: &[Sample]) -> anyhow::Result<(serde_json::Value, u64)> {
+        let delivered = summary_count(self.producer_summary, "delivered", self.producer_log)?;
+        let processed_unique = self.last_committed as u64;
+        let (processed_total, workers_without_summary) = processed_by_workers(self.workers_dir)?;
+        let lost = delivered.saturating_sub(processed_unique);
+        let duplicates = processed_total.saturating_sub(processed_unique);
+        let settings = summary_settings(self.args.sla);
+        let summary = Summary::from_series(
+            &format!("demo-{}", self.args.policy.name()),
+            samples,
+            &settings,
+        );
+        std::fs::write(self.out.join("series.csv"), series_csv(samples))?;
+        let policy_flags: Vec<&String> = self
+            .scale_args
+            .iter()
+            .skip_while(|a| *a != "--policy")
+            .take_while(|a| *a != "--")
+            .collect();
+        let mut report = serde_json::to_value(&summary)?;
+        if let Some(fields) = report.as_object_mut() {
+            fields.insert("produced".into(), delivered.into());
+            fields.insert("processed_unique".into(), processed_unique.into());
+            fields.insert("processed_total".into(), processed_total.into());
+            fields.insert("lost".into(), lost.into());
+            fields.insert("duplicates".into(), duplicates.into());
+            fields.insert(
+                "workers_without_summary".into(),
+                workers_without_summary.into(),
+            );
+            fields.insert("interrupted".into(), self.interrupted.into());
+            fields.insert(
+                "settings".into(),
+                serde_json::json!({
+                    "profile": self.profile.to_string(),
+                    "policy": self.args.policy.name(),
+                    "policy_flags": policy_flags,
+                    "partitions": self.args.partitions,
+                    "topic": self.topic,
+                    "group": self.group,
+                    "worker_args": WORKER_ARGS,
+                    "worker_capacity_msg_s": WORKER_CAPACITY,
+                    "drain_timeout_s": self.args.drain_timeout.as_secs_f64(),
+                    "sla_s": settings.sla.as_secs_f64(),
+                    "reversal_window_s": settings.reversal_window.as_secs_f64(),
+                }),
+            );
+        }
+        std::fs::write(
+            self.out.join("summary.json"),
+            serde_json::to_string_pretty(&report)? + "\n",
+        )?;
+        std::fs::write(
+            self.out.join("chart.svg"),
+            chart::render(&format!("ebb demo — {}", summary.policy), samples),
+        )?;
+        crate::sim::print_table(&[&summary]);
+        println!("{:<22}{:>16}", "produced", delivered);
+        println!("{:<22}{:>16}", "processed (unique)", processed_unique);
+        println!("{:<22}{:>16}", "lost", lost);
+        println!("{:<22}{:>16}", "duplicates", duplicates);
+        if workers_without_summary > 0 {
+            println!(
+                "({workers_without_summary} worker(s) wrote no summary at exit, killed or crashed: duplicates counts the others only; see {})",
+                self.workers_dir.display()
+            );
+        }
+        println!("SLA {:?} on message time in Kafka (--sla)", settings.sla);
+        println!(
+            "chart: {}\nseries: {}",
+            self.out.join("chart.svg").display(),
+            self.out.join("series.csv").display()
+        );
+        Ok((report, lost))
+    }
+}
+
+/// `ebb scale`'s arguments for the run: the policy tuned to the demo's time scale, the
+/// workers' ports from `port_base + 100`, their logs and exit summaries in `workers_dir`.
+fn scale_args(
+    args: &DemoArgs,
+    topic: &str,
+    group: &str,
+    kafka_flags: &[String],
+    workers_dir: &Path,
+    out: &Path,
+) -> anyhow::Result<Vec<String>> {
     let mut scale_args: Vec<String> = vec![
         "scale".into(),
         "--topic".into(),
-        topic.clone(),
+        topic.to_string(),
         "--group".into(),
-        group.clone(),
+        group.to_string(),
     ];
-    scale_args.extend(kafka_flags.clone());
+    scale_args.extend_from_slice(kafka_flags);
     scale_args.extend([
         "--metrics-addr".to_string(),
-        format!("127.0.0.1:{scale_port}"),
+        format!("127.0.0.1:{}", args.port_base),
         "--worker-port-base".into(),
         (args.port_base + 100).to_string(),
         "--worker-log-dir".into(),
@@ -520,6 +689,57 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     scale_args.push("--".into());
     scale_args.extend(WORKER_ARGS.map(String::from));
+    Ok(scale_args)
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let profile: ebb_scaling::RateProfile = args
+        .profile
+        .parse()
+        .map_err(|e| UsageError(format!("--profile / EBB_DEMO_PROFILE: {e}")))?;
+    let Some(traffic_length) = profile.duration() else {
+        return Err(UsageError("--profile must end (give every segment a duration)".into()).into());
+    };
+    let kafka = args.kafka.options()?;
+    ensure_kafka(&kafka).await?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let out = args.out.canonicalize()?;
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let topic = format!("ebb-demo-{stamp}");
+    let group = format!("ebb-demo-{stamp}");
+    Admin::new(&kafka)?
+        .create_topic(&topic, args.partitions, 1, &[])
+        .await?;
+
+    let board: SharedBoard = Arc::new(Mutex::new(Board {
+        about: serde_json::json!({
+            "policy": args.policy.name(),
+            "partitions": args.partitions,
+            "profile": profile.to_string(),
+            "worker_capacity_msg_s": WORKER_CAPACITY,
+        }),
+        ..Board::default()
+    }));
+    let dashboard = serve(
+        args.dashboard_addr,
+        routes(board.clone()),
+        "--dashboard-addr / EBB_DASHBOARD_ADDR",
+    )
+    .await?;
+    let scale_port = args.port_base;
+    let producer_port = args.port_base + 1;
+    let workers_dir = out.join("workers");
+    let _ = std::fs::remove_dir_all(&workers_dir);
+    std::fs::create_dir_all(&workers_dir)?;
+
+    let kafka_flags = vec![
+        "--bootstrap-servers".to_string(),
+        kafka.bootstrap_servers.clone(),
+    ];
+    let scale_args = scale_args(&args, &topic, &group, &kafka_flags, &workers_dir, &out)?;
     let mut scale = spawn_ebb(&scale_args, &[], &out.join("scale.log"))?;
 
     let mut produce_args: Vec<String> = vec![
@@ -550,16 +770,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let http = Client::new();
     let started = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    // The topic and the group are new: nothing has arrived or been committed at 0 s.
-    let mut arrivals: Vec<(f64, f64)> = vec![(0.0, 0.0)];
-    let mut arrival_rate_of = OffsetRate::starting_at(0.0, 0.0);
-    let mut processed_rate_of = OffsetRate::starting_at(0.0, 0.0);
-    let mut last_committed = 0.0;
+    let mut watch = Watch::new(args.policy, board.clone());
     let mut traffic_done: Option<Instant> = None;
-    let mut last_report = Instant::now();
     let mut interrupted = false;
-    let mut last_desired = 0u32;
-    let mut last_limit: Option<Limit> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -593,73 +806,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             continue;
         };
         let workers = worker_rows(&http, &m).await;
-        let get = |name: &str| m.get(name).copied().unwrap_or(0.0);
-        let (log_end, committed, lag) = (
-            get("ebb_scale_log_end_offsets"),
-            get("ebb_scale_committed_offsets"),
-            get("ebb_scale_lag"),
-        );
-        let arrival_rate = arrival_rate_of.update(t, log_end);
-        let processed_rate = processed_rate_of.update(t, committed);
-        last_committed = committed;
-        arrivals.push((t, log_end));
-        let message_time = if lag < 1.0 {
-            0.0
-        } else {
-            oldest_waiting(&arrivals, committed, t)
-        };
-        let current = get("ebb_scale_current_replicas") as u32;
-        let sample = Sample {
-            t_s: t,
-            arrival_rate,
-            processed_rate,
-            lag,
-            lag_target: get("ebb_scale_lag_target"),
-            desired_replicas: get("ebb_scale_desired_replicas") as u32,
-            current_replicas: current,
-            ready_replicas: get("ebb_scale_ready_replicas") as u32,
-            message_time_s: message_time,
-        };
-        if last_report.elapsed() >= Duration::from_secs(5) {
-            println!(
-                "[{t:>4.0} s] in {arrival_rate:>6.0} msg/s, out {processed_rate:>6.0} msg/s, lag {lag:>7.0}, replicas {} (ready {}), message time {message_time:.1} s",
-                sample.current_replicas, sample.ready_replicas
-            );
-            last_report = Instant::now();
-        }
-        let explained = explanation(args.policy, &m);
-        let limit = explained.as_ref().and_then(Explanation::binding_limit);
-        if limit != last_limit {
-            match limit {
-                Some(l) => println!("[{t:>4.0} s] capped: {}", l.describe()),
-                None => println!("[{t:>4.0} s] no longer capped"),
-            }
-            last_limit = limit;
-        }
-        let event = (sample.desired_replicas != last_desired).then(|| {
-            let (from, to) = (last_desired, sample.desired_replicas);
-            let reason = explained.as_ref().map_or_else(
-                || "the supervisor exported no explanation".to_string(),
-                |e| e.reason(from, to),
-            );
-            println!("[{t:>4.0} s] scale {from} → {to}: {reason}");
-            ScaleEvent {
-                t_s: t,
-                from,
-                to,
-                reason,
-            }
-        });
-        last_desired = sample.desired_replicas;
-        if let Ok(mut b) = board.lock() {
-            b.points.push(Point {
-                sample,
-                uncapped_replicas: explained.as_ref().map(|e| e.uncapped_replicas),
-                limit,
-            });
-            b.events.extend(event);
-            b.workers = workers;
-        }
+        let (lag, current) = watch.record(t, &m, workers);
         if let Some(done) = traffic_done
             && ((lag == 0.0 && current == 0) || done.elapsed() > args.drain_timeout)
         {
@@ -671,7 +818,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let _ = producer.wait();
     signal_child(&scale, libc::SIGTERM);
     let stopped = tokio::task::spawn_blocking(move || scale.wait()).await??;
-    let delivered = summary_count(&producer_summary, "delivered", &producer_log)?;
     let samples: Vec<Sample> = board
         .lock()
         .map(|mut b| {
@@ -680,80 +826,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             b.points.iter().map(|p| p.sample.clone()).collect()
         })
         .unwrap_or_default();
-    // Once the supervisor has stopped, its gauges are gone: what the group committed is
-    // what it last reported.
-    let processed_unique = last_committed as u64;
-    let (processed_total, workers_without_summary) = processed_by_workers(&workers_dir)?;
-    let lost = delivered.saturating_sub(processed_unique);
-    let duplicates = processed_total.saturating_sub(processed_unique);
-    let summary = Summary::from_series(
-        &format!("demo-{}", args.policy.name()),
-        &samples,
-        &SUMMARY_SETTINGS,
-    );
-    std::fs::write(out.join("series.csv"), series_csv(&samples))?;
-    let policy_flags: Vec<&String> = scale_args
-        .iter()
-        .skip_while(|a| *a != "--policy")
-        .take_while(|a| *a != "--")
-        .collect();
-    let mut report = serde_json::to_value(&summary)?;
-    if let Some(fields) = report.as_object_mut() {
-        fields.insert("produced".into(), delivered.into());
-        fields.insert("processed_unique".into(), processed_unique.into());
-        fields.insert("processed_total".into(), processed_total.into());
-        fields.insert("lost".into(), lost.into());
-        fields.insert("duplicates".into(), duplicates.into());
-        fields.insert(
-            "workers_without_summary".into(),
-            workers_without_summary.into(),
-        );
-        fields.insert("interrupted".into(), interrupted.into());
-        fields.insert(
-            "settings".into(),
-            serde_json::json!({
-                "profile": profile.to_string(),
-                "policy": args.policy.name(),
-                "policy_flags": policy_flags,
-                "partitions": args.partitions,
-                "topic": topic,
-                "group": group,
-                "worker_args": WORKER_ARGS,
-                "worker_capacity_msg_s": WORKER_CAPACITY,
-                "drain_timeout_s": args.drain_timeout.as_secs_f64(),
-                "sla_s": SUMMARY_SETTINGS.sla.as_secs_f64(),
-                "reversal_window_s": SUMMARY_SETTINGS.reversal_window.as_secs_f64(),
-            }),
-        );
+    let (report, lost) = Ended {
+        args: &args,
+        profile: &profile,
+        topic: &topic,
+        group: &group,
+        scale_args: &scale_args,
+        out: &out,
+        workers_dir: &workers_dir,
+        producer_summary: &producer_summary,
+        producer_log: &producer_log,
+        // Once the supervisor has stopped, its gauges are gone: what the group committed
+        // is what it last reported.
+        last_committed: watch.last_committed,
+        interrupted,
     }
-    std::fs::write(
-        out.join("summary.json"),
-        serde_json::to_string_pretty(&report)? + "\n",
-    )?;
-    std::fs::write(
-        out.join("chart.svg"),
-        chart::render(&format!("ebb demo — {}", summary.policy), &samples),
-    )?;
-    crate::sim::print_table(&[&summary]);
-    println!("{:<22}{:>16}", "produced", delivered);
-    println!("{:<22}{:>16}", "processed (unique)", processed_unique);
-    println!("{:<22}{:>16}", "lost", lost);
-    println!("{:<22}{:>16}", "duplicates", duplicates);
-    if workers_without_summary > 0 {
-        println!(
-            "({workers_without_summary} worker(s) wrote no summary at exit, killed or crashed: duplicates counts the others only; see {})",
-            workers_dir.display()
-        );
-    }
-    println!(
-        "SLA {:?} on message time in Kafka (the scenario format's default, as in scenarios/demo.yaml)",
-        SUMMARY_SETTINGS.sla
-    );
-    println!(
-        "chart: {}\nseries: {}",
-        out.join("chart.svg").display(),
-        out.join("series.csv").display()
-    );
+    .report(&samples)?;
     if !stopped.success() {
         eprintln!(
             "ebb demo: the supervisor exited with {stopped}; see {}",

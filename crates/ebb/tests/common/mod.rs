@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod pipeline;
+
 pub use ebb_testkit::{
     RawRecord, committed_offsets, free_port, kafka, local_service, postgres, produce_raw, psql,
     read_topic, unique, watermarks,

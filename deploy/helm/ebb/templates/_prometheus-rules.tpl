@@ -1,7 +1,7 @@
 {{/*
 ebb's alerting rules: the `spec` of the PrometheusRule (prometheusrule.yaml) and, rendered
 with the chart's default values, the plain Prometheus rules file
-deploy/prometheus/ebb-rules.yaml (crates/ebb/tests/observability.rs checks that the two are
+deploy/prometheus/ebb-rules.yaml (crates/ebb/tests/real/observability.rs checks that the two are
 the same and rewrites the plain file with EBB_UPDATE_RULES=1). Edit the rules here.
 
 Every expression uses only metrics ebb exports (the consumer's, the producer's) and, for

@@ -3,12 +3,10 @@
 //! control token) at `--log trace` with librdkafka's `debug=all`, on success and failure
 //! paths, and every stdout, stderr, `--help` and `/metrics` searched for them.
 
-mod common;
-
 use std::process::Output;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const SASL_PASSWORD: &str = "kafka-pw-7f3a9c";
 const AWS_SECRET: &str = "aws-secret-91bd0e";

@@ -1,9 +1,7 @@
 //! The postgres sink against the local PostgreSQL server: TLS, replays that change nothing,
 //! and settings errors.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// The local server's self-signed certificate (asked of the script once).
 fn cert() -> String {

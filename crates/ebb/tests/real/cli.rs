@@ -1,10 +1,8 @@
 //! The `topic` and `produce` commands as a user runs them: output, exit codes, errors.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn topic_create_then_list_shows_it() {

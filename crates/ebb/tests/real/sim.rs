@@ -1,8 +1,6 @@
 //! `ebb sim` and `ebb tune` as a user runs them (no Kafka needed).
 
-mod common;
-
-use common::{SMALL_SCENARIO, run, temp_file};
+use crate::common::{SMALL_SCENARIO, run, temp_file};
 
 fn repo_file(path: &str) -> String {
     ebb_testkit::repo_root().join(path).display().to_string()

@@ -18,15 +18,13 @@
 //!   structural checks (unique ids and titles, no overlapping panels, a datasource and
 //!   targets on every panel, only defined variables).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use ebb_testkit::kube::{run, run_ok, tool};
 use ebb_testkit::{ensure_debian_packages, repo_root};
 use serde_json::Value;
@@ -1781,7 +1779,17 @@ fn dashboard_and_alerts_use_what_ebb_exports_and_prometheus_answers_them() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    std::thread::sleep(Duration::from_secs(2));
+    // A rate needs a sample from before the record: both consumers' counters scraped at 0.
+    wait_until(
+        "Prometheus to hold both consumers' dead-letter counters at 0",
+        Duration::from_secs(30),
+        || {
+            let zeros = prometheus
+                .query("count(ebb_consumer_dead_lettered_total == 0)")
+                .unwrap_or_default();
+            zeros.first().and_then(|s| s["value"][1].as_str()) == Some("2")
+        },
+    );
     produce_raw(
         &bootstrap,
         &topic,

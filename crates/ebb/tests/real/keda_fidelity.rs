@@ -8,17 +8,15 @@
 //! it read, and requires the same answer: the metric KEDA serves, its activity, a poll
 //! error, or a refused trigger. The topics stay quiet while compared (nothing produces);
 //! the only change during a run is a commit between two polls, made when KEDA logs that
-//! its first poll is done. `cargo test -p ebb --test keda_fidelity -- --nocapture` prints
+//! its first poll is done. `cargo test -p ebb --test real -- keda_fidelity:: --nocapture` prints
 //! the table docs/BENCHMARKS.md shows.
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use ebb_scaling::keda::{KafkaScaler, KafkaTrigger, PartitionOffsets};
 use ebb_testkit::kube::tool;
 use ebb_testkit::{commit_offsets, delete_records, produce_to_partitions, watermarks};

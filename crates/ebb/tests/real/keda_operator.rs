@@ -24,12 +24,10 @@
 //! The tests share one API server and one operator (started by whichever test comes first,
 //! stopped when the last one ends) and use their own namespaces, topics and groups.
 
-mod common;
-
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use ebb_testkit::GroupWatch;
 use ebb_testkit::kube::{KedaOperator, KubeApiServer, run_ok, tool};
 use ebb_testkit::repo_root;

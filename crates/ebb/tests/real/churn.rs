@@ -6,8 +6,6 @@
 //! record. This is the test that catches a partition left unfetched or a commit that never
 //! follows the work.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -15,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use ebb_testkit::GroupWatch;
 
 const PARTITIONS: i32 = 12;

@@ -3,13 +3,11 @@
 //! the local broker in several states. Its answers must be what ebb-rate decides for the
 //! same lag and rate (ebb_scaling's policy, the code `ebb sim` runs).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use ebb_scaling::external::{METRIC_NAME, ScalerMetadata, Tracker};
 use ebb_scaling::keda::PartitionOffsets;
 use ebb_scaling::policy::{EbbRate, Observation, Policy};
@@ -165,7 +163,12 @@ fn keda_client_gets_ebb_rates_answers() {
     // it exported (read back from /metrics).
     let flowing = create_topic("keda-scaler-flowing", 4);
     let mut producer = spawn_producer(&flowing, "500");
-    std::thread::sleep(Duration::from_secs(3));
+    // Producing at its rate: a second's worth of records in the topic.
+    wait_until(
+        "the producer's first 500 records",
+        Duration::from_secs(30),
+        || end_offsets(&flowing).values().sum::<i64>() >= 500,
+    );
     let m = metadata(
         &flowing,
         &unique("flowing"),

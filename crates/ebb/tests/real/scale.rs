@@ -2,11 +2,9 @@
 //! draining, scaling to zero, replacing a killed worker without losing records, and
 //! leaving no process behind.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn worker_pids(port_base: u16) -> Vec<i32> {
     let out = std::process::Command::new("pgrep")

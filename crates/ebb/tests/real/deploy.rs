@@ -7,8 +7,6 @@
 //! The tools come from `scripts/k8s-tools install` (run on first use; ~15 minutes once on
 //! a new machine, then cached). No Pod runs: there is no kubelet or container runtime here.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -320,11 +318,11 @@ fn the_chart_and_what_ebb_tune_prints_apply_to_a_real_api_server() {
     // What `ebb tune` prints goes straight into a deploy: the ScaledObject as is, and the
     // chart values through helm.
     // A short scenario: what matters here is the output's shape, not the tuning.
-    let scenario = temp_file("scenario.yaml", common::SMALL_SCENARIO);
+    let scenario = temp_file("scenario.yaml", crate::common::SMALL_SCENARIO);
     let so_path = temp_file("tuned-scaledobject.yaml", "");
     let values_path = temp_file("tuned-values.yaml", "");
     for (format, path) in [("scaled-object", &so_path), ("helm-values", &values_path)] {
-        let out = common::ebb()
+        let out = crate::common::ebb()
             .args(["tune", "--scenario"])
             .arg(&scenario)
             .args(["--format", format, "--deployment", "ebb-consumer", "--out"])

@@ -5,13 +5,11 @@
 //! bad credentials, a wrong mechanism or a plaintext port end with one line naming the
 //! cause within --kafka-timeout; one tenant cannot touch the other's topics or groups.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     Running, ebb_unconfigured as ebb, http_get, postgres, psql, temp_file, unique, wait_until,
     worker_port_base,
 };

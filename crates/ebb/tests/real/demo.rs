@@ -4,45 +4,37 @@
 //! axes, scale events with the policy's reason, the workers, and the summary once the run
 //! has ended.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
-// The demo derives its supervisor's, producer's and workers' ports from one base, so it
-// cannot be given port 0.
-use ebb_testkit::free_port;
+use crate::common::*;
 
 #[test]
 fn a_short_demo_loses_nothing_and_leaves_no_process() {
     let out = temp_file("demo");
-    let dashboard = format!("127.0.0.1:{}", free_port());
     // The demo's own ports: the supervisor's and the producer's metrics at the base, the
-    // workers' from base + 100 (12 partitions: at most 12 workers).
+    // workers' from base + 100 (12 partitions: at most 12 workers). It derives them from
+    // one base, so they cannot be port 0; the dashboard's can.
     let base = free_port_base(100, (0..2).chain(100..112));
-    let mut demo = ebb()
+    let mut command = ebb();
+    command
         .args([
             "demo",
             "--profile",
             "20@5s,600@20s,0@10s",
             "--drain-timeout",
             "120s",
+            "--sla",
+            "20s",
             // Long enough to load the finished page; the test ends the linger itself.
             "--linger",
             "120s",
         ])
-        .args([
-            "--dashboard-addr",
-            &dashboard,
-            "--port-base",
-            &base.to_string(),
-        ])
+        .args(["--dashboard-addr", "127.0.0.1:0"])
+        .args(["--port-base", &base.to_string()])
         .arg("--out")
-        .arg(&out)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .arg(&out);
+    let mut demo = Running::spawn(command);
+    let dashboard = demo.address("--dashboard-addr");
     let page = wait_for_page(&dashboard);
     assert!(
         page.contains("Messages per second") && page.contains("Replicas"),
@@ -50,12 +42,12 @@ fn a_short_demo_loses_nothing_and_leaves_no_process() {
     );
     let chromium = Chromium::new();
     check_dashboard_in_chromium(&chromium, &dashboard);
-    if wait_for_summary(&mut demo, &dashboard) {
+    if wait_for_summary(&mut demo.child, &dashboard) {
         check_summary_in_chromium(&chromium, &dashboard);
         // The page has shown the summary: end the linger.
-        signal(&demo, libc::SIGTERM);
+        demo.signal(libc::SIGTERM);
     }
-    let result = finish(demo, Duration::from_secs(60));
+    let result = demo.finish(Duration::from_secs(60));
     let stdout = String::from_utf8_lossy(&result.stdout);
     assert!(
         result.status.success(),
@@ -92,7 +84,7 @@ fn a_short_demo_loses_nothing_and_leaves_no_process() {
     assert!(summary["message_time_p99_s"].is_number(), "{summary}");
     assert_eq!(
         summary["settings"]["sla_s"].as_f64(),
-        Some(30.0),
+        Some(20.0),
         "{summary}"
     );
     // The counts come from the exit summaries: the producer's, and one per worker.
@@ -133,7 +125,6 @@ fn a_short_demo_loses_nothing_and_leaves_no_process() {
     );
 }
 
-/// A plain HTTP GET of `path` on `addr`: the whole response (status line, headers, body).
 /// The body of the dashboard's `path` when it answers 200, else empty.
 fn dashboard_get(addr: &str, path: &str) -> String {
     match http_get(&format!("http://{addr}{path}")) {

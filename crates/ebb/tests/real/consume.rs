@@ -2,11 +2,9 @@
 //! order, no gaps across SIGTERM, kill -9 and group changes, dead letters, a failing sink,
 //! and bad configuration.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const SIGTERM: i32 = libc::SIGTERM;
 const SIGKILL: i32 = libc::SIGKILL;

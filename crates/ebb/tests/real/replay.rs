@@ -3,12 +3,10 @@
 //! running consumer is refused; bad usage exits 2 naming the flag; and a replay into the
 //! postgres sink changes no row (`ebb audit` passes after it).
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use common::*;
+use crate::common::*;
 
 /// `ebb replay --topic TOPIC --group GROUP ARGS...`.
 fn replay(topic: &str, group: &str, args: &[&str]) -> std::process::Output {

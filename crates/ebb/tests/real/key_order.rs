@@ -4,12 +4,10 @@
 //! written again after a kill or a move are replays, which the contract allows), no record
 //! below the log end is missing once the group has committed everything, and it does.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const PARTITIONS: u32 = 6;
 
