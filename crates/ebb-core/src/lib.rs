@@ -14,6 +14,8 @@
 //! - [`replay`]: a consumer group's offsets moved to a time or offset, planned then applied;
 //! - [`http`]: `/metrics`, `/healthz` and `/readyz` for every server.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod audit;
 pub mod consumer;

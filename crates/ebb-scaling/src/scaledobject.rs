@@ -3,7 +3,7 @@
 //! Kubernetes API defaults filled in where fields are absent. Fields that KEDA or
 //! Kubernetes do not know, and values they would reject, are errors naming the field.
 //!
-//! This file also holds the crate's one YAML reader ([`read_yaml`]), which scenarios use
+//! This file also holds the crate's one YAML reader (`read_yaml`), which scenarios use
 //! too: serde-saphyr parses, `serde_path_to_error` names the offending field, and the
 //! documents are typed structs that refuse unknown fields.
 
