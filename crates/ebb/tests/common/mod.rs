@@ -84,21 +84,21 @@ pub fn produce(topic: &str, count: u64, rate: &str) {
 }
 
 /// Starts `ebb produce` in the background.
-pub fn spawn_producer(topic: &str, rate: &str) -> Child {
-    ebb()
-        .args([
-            "produce",
-            "--topic",
-            topic,
-            "--rate",
-            rate,
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn producer")
+pub fn spawn_producer(topic: &str, rate: &str) -> Process {
+    Process::spawn(
+        ebb()
+            .args([
+                "produce",
+                "--topic",
+                topic,
+                "--rate",
+                rate,
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
 }
 
 /// `ebb consume --topic TOPIC --group GROUP`, for the caller to add its sink and settings.
@@ -109,16 +109,16 @@ pub fn consume_command(topic: &str, group: &str) -> Command {
 }
 
 /// Starts `ebb consume` with the file sink writing to `file`.
-pub fn spawn_consumer(topic: &str, group: &str, file: &Path, extra: &[&str]) -> Child {
-    consume_command(topic, group)
-        .args(["--sink", "file", "--sink-file"])
-        .arg(file)
-        .args(["--metrics-addr", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn consumer")
+pub fn spawn_consumer(topic: &str, group: &str, file: &Path, extra: &[&str]) -> Process {
+    Process::spawn(
+        consume_command(topic, group)
+            .args(["--sink", "file", "--sink-file"])
+            .arg(file)
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
 }
 
 /// Starts `ebb consume` with the sim sink, no dead-letter topic and its metrics on a port
@@ -138,11 +138,54 @@ pub fn spawn_consumer_with_metrics(topic: &str, group: &str, extra: &[&str]) -> 
     (consumer, addr)
 }
 
+/// A child process killed when dropped, so a failing test leaves nothing running behind
+/// it: the real tier's tests share one process and one machine.
+pub struct Process(Option<Child>);
+
+impl Process {
+    /// Starts `command`; panics naming it if it cannot.
+    pub fn spawn(command: &mut Command) -> Process {
+        match command.spawn() {
+            Ok(child) => Process(Some(child)),
+            Err(e) => panic!("cannot start {command:?}: {e}"),
+        }
+    }
+}
+
+impl std::ops::Deref for Process {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("a process is taken only by into()")
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("a process is taken only by into()")
+    }
+}
+
+/// The child, no longer killed on drop (for `finish`, which waits for it).
+impl From<Process> for Child {
+    fn from(mut process: Process) -> Child {
+        process.0.take().expect("a process is taken only once")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A running `ebb` whose standard error goes to a file, so that the addresses it logs
 /// (`Listening on http://ADDR (SETTING)`) can be read while it runs: servers are started
 /// on port 0 and tell which port they got, so no two tests race for one.
 pub struct Running {
-    pub child: Child,
+    pub child: Process,
     stderr: PathBuf,
 }
 
@@ -151,11 +194,7 @@ impl Running {
     pub fn spawn(mut command: Command) -> Running {
         let stderr = temp_file("stderr.log");
         let file = std::fs::File::create(&stderr).expect("stderr file");
-        let child = command
-            .stdout(Stdio::piped())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        let child = Process::spawn(command.stdout(Stdio::piped()).stderr(file));
         Running { child, stderr }
     }
 
@@ -334,7 +373,8 @@ pub fn signal(child: &Child, signal: i32) {
 }
 
 /// Waits for a child to exit, killing it after `limit`; returns its output.
-pub fn finish(mut child: Child, limit: Duration) -> Output {
+pub fn finish(child: impl Into<Child>, limit: Duration) -> Output {
+    let mut child = child.into();
     let started = Instant::now();
     loop {
         if child.try_wait().expect("try_wait").is_some() {

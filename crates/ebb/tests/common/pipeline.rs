@@ -14,7 +14,7 @@ pub struct Pipeline {
     pub group: String,
     pub table: String,
     pub url: String,
-    pub producer: Option<Child>,
+    pub producer: Option<Process>,
     pub consumers: Vec<Consumer>,
     /// The order the consumers keep: [`PARTITION_ORDER`] or [`KEY_ORDER`].
     pub order: &'static [&'static str],

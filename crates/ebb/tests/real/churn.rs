@@ -31,6 +31,51 @@ struct Group {
     spawned: usize,
 }
 
+/// Members still running when the test ends early (a failed step) are killed, so they do
+/// not load the machine under the tests that run after it.
+impl Drop for Group {
+    fn drop(&mut self) {
+        for (member, _) in &mut self.members {
+            let _ = member.kill();
+            let _ = member.wait();
+        }
+    }
+}
+
+/// A thread keeping one core busy until dropped (also when the test fails).
+struct Spinner {
+    spinning: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Spinner {
+    fn start() -> Spinner {
+        let spinning = Arc::new(AtomicBool::new(true));
+        let thread = {
+            let spinning = spinning.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while spinning.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        };
+        Spinner {
+            spinning,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        self.spinning.store(false, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl Group {
     fn spawn_member(&mut self) {
         self.spawned += 1;
@@ -149,16 +194,7 @@ fn a_group_scaled_12_to_1_to_12_twenty_times_under_load_never_stalls_or_loses_a_
     let started = Instant::now();
     // One core kept busy, so rebalance callbacks, broker threads and fetchers interleave
     // in more ways than on an idle machine.
-    let spinning = Arc::new(AtomicBool::new(true));
-    let spinner = {
-        let spinning = spinning.clone();
-        std::thread::spawn(move || {
-            let mut x = 0u64;
-            while spinning.load(Ordering::Relaxed) {
-                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-            }
-        })
-    };
+    let spinner = Spinner::start();
 
     let topic = create_topic("churn", PARTITIONS as u32);
     let mut group = Group {
@@ -225,8 +261,7 @@ fn a_group_scaled_12_to_1_to_12_twenty_times_under_load_never_stalls_or_loses_a_
         .map(|(p, (_, end))| (p, end))
         .collect();
     group.scale_down(0);
-    spinning.store(false, Ordering::Relaxed);
-    let _ = spinner.join();
+    drop(spinner);
 
     let audit = audit(&[Path::new(&group.file)], &ends);
     eprintln!("{audit:?} after {:.0?}", started.elapsed());
