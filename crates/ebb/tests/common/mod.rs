@@ -138,6 +138,15 @@ pub fn spawn_consumer_with_metrics(topic: &str, group: &str, extra: &[&str]) -> 
     (consumer, addr)
 }
 
+/// Held for the whole run of a test that keeps the machine's two cores busy (a dozen
+/// members and a spinning thread, the demo's workers and a browser) or whose checks need
+/// the broker to answer promptly: such tests take turns, while the tests that mostly wait
+/// run beside them.
+pub fn one_busy_test_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static BUSY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    BUSY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A child process killed when dropped, so a failing test leaves nothing running behind
 /// it: the real tier's tests share one process and one machine.
 pub struct Process(Option<Child>);

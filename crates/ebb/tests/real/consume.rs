@@ -453,6 +453,7 @@ fn batches_fill_up_while_the_worker_is_busy_instead_of_closing_small_on_the_cloc
 
 #[test]
 fn commits_are_acknowledged_by_the_broker_and_nothing_is_resent_or_stalled() {
+    let _busy = one_busy_test_at_a_time();
     // The result of every asynchronous commit must come back (an unreported refusal was
     // how handled records stayed uncommitted for good), and on a quiet healthy group the
     // watchdog finds nothing.

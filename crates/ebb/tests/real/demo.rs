@@ -10,6 +10,7 @@ use crate::common::*;
 
 #[test]
 fn a_short_demo_loses_nothing_and_leaves_no_process() {
+    let _busy = one_busy_test_at_a_time();
     let out = temp_file("demo");
     // The demo's own ports: the supervisor's and the producer's metrics at the base, the
     // workers' from base + 100 (12 partitions: at most 12 workers). It derives them from
