@@ -439,6 +439,15 @@ fn rank_connection_error(
              signed by a CA it trusts)",
         );
     }
+    // A broker that is not speaking TLS on that port (a PLAINTEXT listener) closes the
+    // connection on the client's hello; librdkafka says "SSL handshake failed ... connecting
+    // to a PLAINTEXT broker listener?" or, when the close comes first, only this.
+    if cause.contains("SSL connection closed by peer") && !cause.contains("PLAINTEXT") {
+        cause.push_str(
+            " during the TLS handshake; is this a PLAINTEXT listener (check the port and \
+             the security protocol)?",
+        );
+    }
     match code {
         Authentication
         | SaslAuthenticationFailed
@@ -714,6 +723,17 @@ mod tests {
         assert!(
             format!("{alert:?}").contains("client's certificate"),
             "{alert:?}"
+        );
+        // TLS to a plaintext port, when the broker's close comes before a handshake error.
+        let (_, closed) = rank_connection_error(
+            BrokerTransportFailure,
+            "sasl_ssl://127.0.0.1:9092/bootstrap: Disconnected: SSL connection closed by peer \
+             (after 2ms in state SSL_HANDSHAKE)",
+        )
+        .unwrap();
+        assert!(
+            format!("{closed:?}").contains("PLAINTEXT listener"),
+            "{closed:?}"
         );
     }
 
