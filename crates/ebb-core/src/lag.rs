@@ -123,30 +123,18 @@ impl LagProbe {
     }
 
     /// `source` as an ACL refusal of `action` when it is one, else as `context`'s failure.
-    /// A refusal librdkafka reported on its own (the group's coordinator lookup) leaves
-    /// the request to time out; the context kept it.
     fn refused(
         &self,
         source: rdkafka::error::KafkaError,
         action: String,
         context: String,
     ) -> AdminError {
-        use rdkafka::types::RDKafkaErrorCode::*;
-        // The refusal waits in the client's queue until a poll hands it to the context.
-        let _ = self.consumer.poll(Duration::ZERO);
-        let denial = source
-            .rdkafka_error_code()
-            .filter(|code| crate::admin::is_denial(*code))
-            .or_else(|| self.consumer.context().denial());
-        let action = match denial {
-            None => return AdminError::Kafka { context, source },
-            Some(GroupAuthorizationFailed) => format!("use group {}", self.group),
-            Some(TopicAuthorizationFailed) => format!("read topic {}", self.topic),
-            Some(_) => action,
-        };
-        AdminError::Denied {
-            action,
-            principal: self.principal.clone(),
+        match denial(&self.consumer, &source) {
+            None => AdminError::Kafka { context, source },
+            Some(code) => AdminError::Denied {
+                action: denied_action(code, &self.group, &self.topic, action),
+                principal: self.principal.clone(),
+            },
         }
     }
 
@@ -230,6 +218,37 @@ impl LagProbe {
             .collect();
         rows.sort_by_key(|r| r.partition);
         Ok(rows)
+    }
+}
+
+/// The ACL refusal behind `source`, if it is one: in the error itself, or reported by
+/// librdkafka on its own to `client`'s context. A refusal of the group's coordinator
+/// lookup comes that way and leaves the request to time out; the context kept it.
+pub(crate) fn denial(
+    client: &BaseConsumer<AuthContext>,
+    source: &rdkafka::error::KafkaError,
+) -> Option<rdkafka::types::RDKafkaErrorCode> {
+    // The refusal waits in the client's queue until a poll hands it to the context.
+    let _ = client.poll(Duration::ZERO);
+    source
+        .rdkafka_error_code()
+        .filter(|code| crate::admin::is_denial(*code))
+        .or_else(|| client.context().denial())
+}
+
+/// What a refusal with `code` refused, for [`AdminError::Denied`]: using `group`, reading
+/// `topic`, or `other` for any other refusal.
+pub(crate) fn denied_action(
+    code: rdkafka::types::RDKafkaErrorCode,
+    group: &str,
+    topic: &str,
+    other: String,
+) -> String {
+    use rdkafka::types::RDKafkaErrorCode::*;
+    match code {
+        GroupAuthorizationFailed => format!("use group {group}"),
+        TopicAuthorizationFailed => format!("read topic {topic}"),
+        _ => other,
     }
 }
 

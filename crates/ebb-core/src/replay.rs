@@ -455,18 +455,48 @@ fn run_blocking(
     // The client carries the group's id so that its commit is the group's; it never
     // subscribes, so it never joins.
     let client = reader(kafka, group)?;
-    let (state, members) = describe(&client, group, timeout)?;
-    let states = read_states(&client, group, topic, partitions, timeout)?;
+    plan_and_apply(&client, settings, actor, partitions, timeout).map_err(|e| match e {
+        // An ACL refusal (the group's coordinator lookup is refused and the request times
+        // out) as one line naming the group or topic and the principal, as `ebb lag` says it.
+        ReplayError::Admin(AdminError::Kafka { context, source }) => {
+            match crate::lag::denial(&client, &source) {
+                Some(code) => ReplayError::Admin(AdminError::Denied {
+                    action: crate::lag::denied_action(
+                        code,
+                        group,
+                        topic,
+                        format!("replay group {group} on topic {topic}"),
+                    ),
+                    principal: kafka.principal(),
+                }),
+                None => ReplayError::Admin(AdminError::Kafka { context, source }),
+            }
+        }
+        other => other,
+    })
+}
+
+/// The plan, and unless it is a dry run, its commit, its check and its audit trail.
+fn plan_and_apply(
+    client: &BaseConsumer<AuthContext>,
+    settings: &ReplaySettings,
+    actor: &Actor,
+    partitions: usize,
+    timeout: Duration,
+) -> Result<ReplayPlan, ReplayError> {
+    let (topic, group) = (settings.topic.as_str(), settings.group.as_str());
+    let (state, members) = describe(client, group, timeout)?;
+    let states = read_states(client, group, topic, partitions, timeout)?;
     let (wanted, time) = match &settings.mode {
         ReplayMode::ToOffset(spec) => (wanted_offsets(spec, topic, partitions)?, None),
         ReplayMode::ToTime(time) => (
-            at_time(&client, topic, partitions, *time, timeout)?,
+            at_time(client, topic, partitions, *time, timeout)?,
             Some(*time),
         ),
         ReplayMode::ByDuration(back) => {
             let time = SystemTime::now().checked_sub(*back).unwrap_or(UNIX_EPOCH);
             (
-                at_time(&client, topic, partitions, time, timeout)?,
+                at_time(client, topic, partitions, time, timeout)?,
                 Some(time),
             )
         }
@@ -494,8 +524,8 @@ fn run_blocking(
             state,
         });
     }
-    commit(&client, &plan, timeout)?;
-    verify(&client, &plan, timeout)?;
+    commit(client, &plan, timeout)?;
+    verify(client, &plan, timeout)?;
     for p in &plan.partitions {
         tracing::info!(
             "replay by {}@{}: group {group}, topic {topic}, partition {}: committed {} -> {} \

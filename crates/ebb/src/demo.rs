@@ -735,12 +735,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let _ = std::fs::remove_dir_all(&workers_dir);
     std::fs::create_dir_all(&workers_dir)?;
 
-    let kafka_flags = vec![
-        "--bootstrap-servers".to_string(),
-        kafka.bootstrap_servers.clone(),
-    ];
+    // The supervisor (and through it the workers) and the producer reach Kafka as the demo
+    // does: its security settings and password go through their environment, the -X
+    // properties as arguments.
+    let (kafka_env, kafka_flags) = crate::scale::child_kafka_settings(&args.kafka, &kafka);
     let scale_args = scale_args(&args, &topic, &group, &kafka_flags, &workers_dir, &out)?;
-    let mut scale = spawn_ebb(&scale_args, &[], &out.join("scale.log"))?;
+    let mut scale = spawn_ebb(&scale_args, &kafka_env, &out.join("scale.log"))?;
 
     let mut produce_args: Vec<String> = vec![
         "produce".into(),
@@ -759,7 +759,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         producer_summary.display().to_string(),
     ]);
     let producer_log = out.join("producer.log");
-    let mut producer = spawn_ebb(&produce_args, &[], &producer_log)?;
+    let mut producer = spawn_ebb(&produce_args, &kafka_env, &producer_log)?;
     println!(
         "ebb demo: topic {topic}, traffic {profile} ({traffic_length:?}), policy {}; dashboard on http://{dashboard}/; logs in {}",
         args.policy.name(),

@@ -128,7 +128,16 @@ fn main() -> ExitCode {
             // The library words its errors by concept; name the flags here.
             let hint = e
                 .chain()
-                .find_map(|cause| cause.downcast_ref::<ebb_core::admin::AdminError>())
+                .find_map(|cause| {
+                    use ebb_core::audit::AuditError;
+                    cause
+                        .downcast_ref::<ebb_core::admin::AdminError>()
+                        // The audit's Kafka errors are transparent: not in the chain.
+                        .or(match cause.downcast_ref::<AuditError>() {
+                            Some(AuditError::Kafka(e)) => Some(e),
+                            _ => None,
+                        })
+                })
                 .and_then(args::admin_error_hint)
                 .map_or(String::new(), |hint| format!(" ({hint})"));
             eprintln!("ebb: error: {e:#}{hint}");

@@ -484,6 +484,54 @@ impl Pool {
     }
 }
 
+/// What a child `ebb` (a worker of `ebb scale`, the supervisor and producer of `ebb demo`)
+/// needs to reach Kafka as `kafka` (checked from `args`) does: the settings as
+/// environment variables, and the `-X` properties as arguments. A password from a file
+/// reaches the child as that file, not as its content; a password reaches it only
+/// through its environment, never its command line.
+pub(crate) fn child_kafka_settings(
+    args: &KafkaArgs,
+    kafka: &ebb_core::KafkaOptions,
+) -> (Vec<(&'static str, String)>, Vec<String>) {
+    let mut env = vec![
+        ("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers.clone()),
+        (
+            "KAFKA_SECURITY_PROTOCOL",
+            kafka.security_protocol.as_str().to_string(),
+        ),
+    ];
+    let password_file = args
+        .sasl_password_file
+        .as_ref()
+        .map(|p| p.display().to_string());
+    let password = match password_file {
+        Some(_) => ("KAFKA_SASL_PASSWORD_FILE", &password_file),
+        None => ("KAFKA_SASL_PASSWORD", &kafka.sasl_password),
+    };
+    for (key, value) in [
+        ("KAFKA_SASL_MECHANISM", &kafka.sasl_mechanism),
+        ("KAFKA_SASL_USERNAME", &kafka.sasl_username),
+        password,
+        ("KAFKA_SSL_CA_LOCATION", &kafka.ssl_ca_location),
+        (
+            "KAFKA_SSL_CERTIFICATE_LOCATION",
+            &kafka.ssl_certificate_location,
+        ),
+        ("KAFKA_SSL_KEY_LOCATION", &kafka.ssl_key_location),
+        ("AWS_REGION", &kafka.aws_region),
+    ] {
+        if let Some(value) = value {
+            env.push((key, value.clone()));
+        }
+    }
+    let mut properties = Vec::new();
+    for (key, value) in &kafka.extra {
+        properties.push("-X".to_string());
+        properties.push(format!("{key}={value}"));
+    }
+    (env, properties)
+}
+
 /// Runs this `ebb` executable with `args` and extra `env`, its output going to `log`.
 pub(crate) fn spawn_ebb(
     args: &[String],
@@ -575,46 +623,11 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| std::env::temp_dir().join(format!("ebb-scale-{}", std::process::id())));
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("cannot create {}", log_dir.display()))?;
-    let mut env = vec![
-        ("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers.clone()),
-        (
-            "KAFKA_SECURITY_PROTOCOL",
-            kafka.security_protocol.as_str().to_string(),
-        ),
+    let (mut env, mut worker_args) = child_kafka_settings(&args.kafka, &kafka);
+    env.extend([
         ("KAFKA_TOPIC", args.topic.clone()),
         ("CONSUMER_GROUP", args.group.clone()),
-    ];
-    // A password from a file reaches the workers as that file, not as its content.
-    let password_file = args
-        .kafka
-        .sasl_password_file
-        .as_ref()
-        .map(|p| p.display().to_string());
-    let password = match password_file {
-        Some(_) => ("KAFKA_SASL_PASSWORD_FILE", &password_file),
-        None => ("KAFKA_SASL_PASSWORD", &kafka.sasl_password),
-    };
-    for (key, value) in [
-        ("KAFKA_SASL_MECHANISM", &kafka.sasl_mechanism),
-        ("KAFKA_SASL_USERNAME", &kafka.sasl_username),
-        password,
-        ("KAFKA_SSL_CA_LOCATION", &kafka.ssl_ca_location),
-        (
-            "KAFKA_SSL_CERTIFICATE_LOCATION",
-            &kafka.ssl_certificate_location,
-        ),
-        ("KAFKA_SSL_KEY_LOCATION", &kafka.ssl_key_location),
-        ("AWS_REGION", &kafka.aws_region),
-    ] {
-        if let Some(value) = value {
-            env.push((key, value.clone()));
-        }
-    }
-    let mut worker_args = Vec::new();
-    for (key, value) in &kafka.extra {
-        worker_args.push("-X".to_string());
-        worker_args.push(format!("{key}={value}"));
-    }
+    ]);
     worker_args.extend(args.worker_args.iter().cloned());
     let mut pool = Pool {
         args: worker_args,

@@ -1,9 +1,22 @@
 //! ebb against a secured Kafka: the separate local node of `scripts/kafka-local start
 //! --secure` (SASL_SSL with SCRAM-SHA-256 and SCRAM-SHA-512, mutual TLS with the
 //! certificate's CN as principal, a throwaway CA, StandardAuthorizer with per-tenant
-//! prefixed ACLs). Every command that talks to Kafka runs over each way in; a wrong CA,
-//! bad credentials, a wrong mechanism or a plaintext port end with one line naming the
-//! cause within --kafka-timeout; one tenant cannot touch the other's topics or groups.
+//! prefixed ACLs).
+//!
+//! Which command runs over which way in, here:
+//! - SCRAM-SHA-256, SCRAM-SHA-512 and mTLS each: `topic create`, `produce`, `consume` (file
+//!   sink over SCRAM-SHA-256, postgres over SCRAM-SHA-512, stdout over mTLS), `lag`,
+//!   `audit`, `replay --dry-run` and `keda-scaler` (answering KEDA's own client);
+//! - `scale` over mTLS here; `tests/secrets.rs` runs it (and every command above) over
+//!   SCRAM-SHA-512 with `--sasl-password` and SCRAM-SHA-256 with `--sasl-password-file`.
+//!
+//! A wrong CA, bad credentials, a wrong mechanism or a plaintext port end with one line
+//! naming the cause within --kafka-timeout; one tenant cannot touch the other's topics or
+//! groups (create, produce, consume, lag, scale, audit, replay: each one line naming the
+//! resource and the principal).
+//!
+//! Also here, on the plaintext broker: the producer's rate control on a listener beyond
+//! loopback, reached from this machine's non-loopback address.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -315,6 +328,48 @@ fn scram_sha_512_postgres_sink_and_audit() {
         &flags,
     );
     assert_ok("audit", &out);
+
+    // The audit, the lag and a replay's plan over each way in.
+    for way in [Way::Scram256, Way::Scram512, Way::Mtls] {
+        let flags = self::flags(&kafka, b, way);
+        let out = run(
+            &[
+                "audit",
+                "--topic",
+                &topic,
+                "--group",
+                &group,
+                "--database-url",
+                &url,
+                "--database-table",
+                &table,
+                "--json",
+            ],
+            &flags,
+        );
+        assert_ok("audit", &out);
+        let report: Value = serde_json::from_slice(&out.stdout).expect("audit JSON");
+        assert_eq!(report["totals"]["stored"], 200, "{report}");
+        assert_eq!(lag(&topic, &group, &flags), (0, 200));
+        let out = run(
+            &[
+                "replay",
+                "--topic",
+                &topic,
+                "--group",
+                &group,
+                "--to-offset",
+                "earliest",
+                "--dry-run",
+                "--json",
+            ],
+            &flags,
+        );
+        assert_ok("replay --dry-run", &out);
+        let plan: Value = serde_json::from_slice(&out.stdout).expect("replay JSON");
+        assert_eq!(plan["total_reprocess"], 200, "{plan}");
+        assert_eq!(plan["applied"], false, "{plan}");
+    }
 }
 
 #[test]
@@ -355,49 +410,50 @@ fn mutual_tls_stdout_sink_and_scale() {
 }
 
 #[test]
-fn keda_scaler_over_scram_sha_512() {
+fn keda_scaler_over_each_way_in() {
     use ebb_testkit::kube::tool;
     let kafka = secure_kafka();
     let b = &kafka.tenant_b;
-    let flags = flags(&kafka, b, Way::Scram512);
-    let topic = topic_with_trades(b, "keda", 2, 1_000, &flags);
-
-    let mut command = ebb();
-    command
-        .args(["keda-scaler", "--addr", "127.0.0.1:0"])
-        .args(["--metrics-addr", "127.0.0.1:0"])
-        .args(&flags);
-    let mut scaler = Running::spawn(command);
-    let grpc = scaler.address("--addr");
-    let metadata = serde_json::json!({
-        "topic": topic,
-        "group": unique(&format!("{}keda", b.prefix())),
-        "capacityPerReplica": "100",
-        "targetDrainSeconds": "60",
-        "intervalSeconds": "0",
-        "upSettleSeconds": "0",
-        "scalerAddress": "ignored-by-ebb:9090",
-    });
-    let out = Command::new(tool("keda-extscaler-client"))
-        .args(["--addr", &grpc, "--name", "secure", "--namespace", "tests"])
-        .args(["--metadata", &metadata.to_string()])
-        .output()
-        .expect("run keda-extscaler-client");
-    let _ = scaler.child.kill();
-    let _ = scaler.child.wait();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let answer: Value = serde_json::from_slice(&out.stdout).expect("KEDA client JSON");
-    assert!(
-        answer["error"].is_null(),
-        "KEDA's client got an error: {answer}"
-    );
-    assert_eq!(answer["isActive"], Value::Bool(true), "{answer}");
-    // 1,000 records to drain in 60 s at 100 msg/s per replica: 1,000 / 60 / 100 -> 1.
-    assert_eq!(
-        answer["metricValues"][0]["metricValueFloat"].as_f64(),
-        Some(1.0),
-        "{answer}"
-    );
+    let topic = topic_with_trades(b, "keda", 2, 1_000, &flags(&kafka, b, Way::Scram512));
+    for way in [Way::Scram256, Way::Scram512, Way::Mtls] {
+        let mut command = ebb();
+        command
+            .args(["keda-scaler", "--addr", "127.0.0.1:0"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(flags(&kafka, b, way));
+        let mut scaler = Running::spawn(command);
+        let grpc = scaler.address("--addr");
+        let metadata = serde_json::json!({
+            "topic": topic,
+            "group": unique(&format!("{}keda", b.prefix())),
+            "capacityPerReplica": "100",
+            "targetDrainSeconds": "60",
+            "intervalSeconds": "0",
+            "upSettleSeconds": "0",
+            "scalerAddress": "ignored-by-ebb:9090",
+        });
+        let out = Command::new(tool("keda-extscaler-client"))
+            .args(["--addr", &grpc, "--name", "secure", "--namespace", "tests"])
+            .args(["--metadata", &metadata.to_string()])
+            .output()
+            .expect("run keda-extscaler-client");
+        let _ = scaler.child.kill();
+        let _ = scaler.child.wait();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let answer: Value = serde_json::from_slice(&out.stdout).expect("KEDA client JSON");
+        assert!(
+            answer["error"].is_null(),
+            "KEDA's client got an error: {answer}\nscaler: {}",
+            scaler.stderr()
+        );
+        assert_eq!(answer["isActive"], Value::Bool(true), "{answer}");
+        // 1,000 records to drain in 60 s at 100 msg/s per replica: 1,000 / 60 / 100 -> 1.
+        assert_eq!(
+            answer["metricValues"][0]["metricValueFloat"].as_f64(),
+            Some(1.0),
+            "{answer}"
+        );
+    }
 }
 
 #[test]
@@ -623,6 +679,53 @@ fn tenants_are_isolated_and_dead_letters_stay_in_the_prefix() {
         &[&format!("not authorized to use group {their_group}")],
     );
 
+    // Moving the other tenant's offsets (planned or applied), or auditing its group: each
+    // refused in one line naming the group and the principal (side by side: each waits out
+    // the request the refused coordinator lookup leaves unanswered).
+    let denied = format!("not authorized to use group {their_group} as User:tenant-a");
+    let replay = [
+        "replay",
+        "--topic",
+        &mine,
+        "--group",
+        &their_group,
+        "--to-offset",
+        "earliest",
+    ];
+    let dry_run = [&replay[..], &["--dry-run"]].concat();
+    let url = postgres();
+    let audit = [
+        "audit",
+        "--topic",
+        &mine,
+        "--group",
+        &their_group,
+        "--database-url",
+        &url,
+        "--database-table",
+        "tenant_isolation",
+    ];
+    std::thread::scope(|threads| {
+        for args in [&replay[..], &dry_run, &audit] {
+            let (as_a, denied) = (&as_a, &denied);
+            threads.spawn(move || {
+                let line = one_line_failure(args, as_a, &[denied]);
+                assert!(line.contains("ask the cluster's operator"), "{line}");
+            });
+        }
+    });
+    // Nothing was committed for the other tenant's group, as the superuser sees it.
+    let admin = Tenant {
+        user: kafka.admin.0.clone(),
+        password: kafka.admin.1.clone(),
+        ..a.clone()
+    };
+    let out = run(
+        &["lag", "--topic", &mine, "--group", &their_group],
+        &flags(&kafka, &admin, Way::Scram512),
+    );
+    assert_stderr_has(&out, "is unknown");
+
     // Its own group: the malformed record goes to <topic>.dlq, inside tenant-a's prefix.
     let group = unique(&format!("{}dlq", a.prefix()));
     let consumer = consume(&mine, &group, &as_a, &["--sink", "sim"]);
@@ -640,4 +743,147 @@ fn tenants_are_isolated_and_dead_letters_stay_in_the_prefix() {
 /// The number of lines in a file (0 if absent).
 fn count_lines(path: &Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
+
+/// This machine's address beyond loopback: the source address of its route out (a UDP
+/// socket's connect sends nothing), else the first of `hostname -I`.
+fn non_loopback_ip() -> std::net::IpAddr {
+    let routed = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|socket| {
+            socket.connect("192.0.2.1:9")?;
+            socket.local_addr()
+        })
+        .map(|addr| addr.ip());
+    if let Ok(ip) = routed
+        && !ip.is_loopback()
+        && !ip.is_unspecified()
+    {
+        return ip;
+    }
+    let out = Command::new("hostname")
+        .arg("-I")
+        .output()
+        .expect("run hostname -I");
+    text(&out.stdout)
+        .split_whitespace()
+        .filter_map(|word| word.parse::<std::net::IpAddr>().ok())
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+        .expect(
+            "this test needs an IPv4 address beyond loopback (none routed, none in `hostname -I`)",
+        )
+}
+
+/// One request to `/rate` at `addr`, one of this machine's own addresses beyond loopback,
+/// over a fresh connection (the kernel gives it that address as its source): the status
+/// and body, after asserting that the connection's source is that address.
+fn rate_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    let source = stream.local_addr().expect("local address").ip();
+    assert!(
+        source == addr.ip() && !source.is_loopback(),
+        "the request comes from {source}, not from beyond loopback"
+    );
+    let authorization = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "{method} /rate HTTP/1.1\r\nHost: {addr}\r\n{authorization}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}
+
+/// `ebb produce` on the plaintext broker at 20 msg/s, its server on `bind`, with the
+/// control token file `token_file` if given; it and the port it got.
+fn rate_controlled_producer(bind: &str, token_file: Option<&Path>) -> (Running, u16) {
+    let topic = crate::common::create_topic("control", 1);
+    let mut command = crate::common::ebb();
+    command
+        .args(["produce", "--topic", &topic, "--rate", "20"])
+        .args(["--metrics-addr", bind]);
+    if let Some(file) = token_file {
+        command.arg("--control-token-file").arg(file);
+    }
+    let mut producer = Running::spawn(command);
+    let addr = producer.address("--metrics-addr");
+    let port = addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {addr}"));
+    (producer, port)
+}
+
+/// The producer's rate control from beyond loopback (`ebb_core::control`): on a listener
+/// beyond loopback without a token every rate change is refused (403), token or not; with `--control-token-file`, only the right
+/// bearer token changes the rate (200, and /metrics shows the producer sending at the new
+/// rate); a wrong or missing one gets 401. Reading the rate never needs the token. Every
+/// request comes from this machine's address beyond loopback.
+#[test]
+fn rate_changes_from_beyond_loopback_need_the_control_token() {
+    let ip = non_loopback_ip();
+    let at = |port: u16| std::net::SocketAddr::new(ip, port);
+    let target =
+        |port: u16| crate::common::metric(&format!("127.0.0.1:{port}"), "ebb_producer_target_rate");
+
+    // Bound to the machine's address, no token: rate changes are off.
+    let (producer, port) = rate_controlled_producer(&format!("{ip}:0"), None);
+    let (status, body) = rate_request(at(port), "PUT", None, "900");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("--control-token-file"), "{body}");
+    let (status, body) = rate_request(at(port), "POST", Some("anything"), "900");
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = rate_request(at(port), "GET", None, "");
+    assert_eq!((status, body.trim()), (200, "20"));
+    assert_eq!(
+        crate::common::metric(&at(port).to_string(), "ebb_producer_target_rate"),
+        Some(20.0)
+    );
+    stop(producer);
+
+    // Bound to every address (as the Helm chart does), with a token.
+    let token_file = temp_file("control-token");
+    std::fs::write(&token_file, "the-right-token\n").unwrap();
+    let (producer, port) = rate_controlled_producer("0.0.0.0:0", Some(&token_file));
+    for token in [
+        None,
+        Some("the-wrong-token"),
+        Some("the-right-token-and-more"),
+    ] {
+        let (status, body) = rate_request(at(port), "PUT", token, "900");
+        assert_eq!(status, 401, "{token:?}: {body}");
+    }
+    assert_eq!(target(port), Some(20.0), "refused changes changed nothing");
+    let (status, body) = rate_request(at(port), "PUT", Some("the-right-token"), "900");
+    assert_eq!((status, body.trim()), (200, "900"));
+    wait_until(
+        "the producer to send at the new rate",
+        Duration::from_secs(20),
+        || {
+            let achieved =
+                crate::common::metric(&format!("127.0.0.1:{port}"), "ebb_producer_achieved_rate");
+            target(port) == Some(900.0) && achieved.is_some_and(|rate| rate > 300.0)
+        },
+    );
+    let out = stop(producer);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }
