@@ -849,7 +849,8 @@ fn rate_changes_from_beyond_loopback_need_the_control_token() {
     let (producer, port) = rate_controlled_producer(&format!("{ip}:0"), None);
     let (status, body) = rate_request(at(port), "PUT", None, "900");
     assert_eq!(status, 403, "{body}");
-    assert!(body.contains("--control-token-file"), "{body}");
+    // What to configure (the producer's log at start names the flag, --control-token-file).
+    assert!(body.contains("control token"), "{body}");
     let (status, body) = rate_request(at(port), "POST", Some("anything"), "900");
     assert_eq!(status, 403, "{body}");
     let (status, body) = rate_request(at(port), "GET", None, "");
