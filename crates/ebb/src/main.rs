@@ -128,8 +128,14 @@ fn main() -> ExitCode {
             // The library words its errors by concept; name the flags here.
             let hint = e
                 .chain()
-                .find_map(|cause| cause.downcast_ref::<ebb_core::admin::AdminError>())
-                .and_then(args::admin_error_hint)
+                .find_map(|cause| {
+                    if let Some(admin) = cause.downcast_ref::<ebb_core::admin::AdminError>() {
+                        return args::admin_error_hint(admin);
+                    }
+                    cause
+                        .downcast_ref::<ebb_core::postgres::DatabaseError>()
+                        .and_then(args::database_error_hint)
+                })
                 .map_or(String::new(), |hint| format!(" ({hint})"));
             eprintln!("ebb: error: {e:#}{hint}");
             ExitCode::from(if usage { 2 } else { 1 })
