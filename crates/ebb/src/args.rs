@@ -44,8 +44,18 @@ pub struct KafkaArgs {
     pub aws_region: Option<String>,
 
     /// SASL user name.
-    #[arg(long, env = "KAFKA_SASL_USERNAME")]
+    #[arg(
+        long,
+        env = "KAFKA_SASL_USERNAME",
+        conflicts_with = "sasl_username_file"
+    )]
     pub sasl_username: Option<String>,
+
+    /// File holding the SASL user name (a key of the Kubernetes Secret that holds the
+    /// password, mounted as a file), instead of --sasl-username; a trailing newline is
+    /// ignored. Default: none.
+    #[arg(long, env = "KAFKA_SASL_USERNAME_FILE")]
+    pub sasl_username_file: Option<PathBuf>,
 
     /// SASL password. Prefer --sasl-password-file: a value on the command line shows in
     /// the process list.
@@ -102,6 +112,7 @@ impl std::fmt::Debug for KafkaArgs {
         options.sasl_password = self.sasl_password.as_ref().map(|_| String::new());
         f.debug_struct("KafkaArgs")
             .field("options", &options)
+            .field("sasl_username_file", &self.sasl_username_file)
             .field("sasl_password_file", &self.sasl_password_file)
             .finish()
     }
@@ -112,6 +123,13 @@ impl KafkaArgs {
     /// and so is a password file that cannot be read.
     pub fn options(&self) -> Result<KafkaOptions, UsageError> {
         let mut options = self.unchecked_options();
+        if let Some(path) = &self.sasl_username_file {
+            options.sasl_username = Some(read_secret_file(
+                path,
+                "the SASL user name",
+                "--sasl-username-file / KAFKA_SASL_USERNAME_FILE",
+            )?);
+        }
         if let Some(path) = &self.sasl_password_file {
             options.sasl_password = Some(read_password_file(path)?);
         }
@@ -363,6 +381,33 @@ mod tests {
         assert!(
             missing.contains("absent") && missing.contains("--sasl-password-file"),
             "{missing}"
+        );
+
+        // The user name, from a file the same way (the chart mounts both keys).
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            kafka: KafkaArgs,
+        }
+        let user = dir.join("username");
+        std::fs::write(&user, "tenant-a\n").unwrap();
+        let cli =
+            Cli::try_parse_from(["ebb", "--sasl-username-file", user.to_str().unwrap()]).unwrap();
+        let options = cli.kafka.options().unwrap();
+        assert_eq!(options.sasl_username.as_deref(), Some("tenant-a"));
+        let absent = dir.join("no-user");
+        let cli =
+            Cli::try_parse_from(["ebb", "--sasl-username-file", absent.to_str().unwrap()]).unwrap();
+        let error = cli.kafka.options().unwrap_err().0;
+        assert!(
+            error.contains("no-user") && error.contains("KAFKA_SASL_USERNAME_FILE"),
+            "{error}"
+        );
+        assert!(
+            Cli::try_parse_from(["ebb", "--sasl-username", "a", "--sasl-username-file", "/f"])
+                .is_err(),
+            "both refused"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
