@@ -554,6 +554,57 @@ pub fn parse_property(text: &str) -> Result<(String, String), SettingError> {
 mod tests {
     use super::*;
 
+    /// Who the cluster sees: what replay's audit lines and ACL refusals name.
+    #[test]
+    fn the_principal_is_the_sasl_user_the_certificate_subject_or_anonymous() {
+        let mut options = KafkaOptions::default();
+        assert_eq!(options.principal(), "User:ANONYMOUS");
+        options.security_protocol = SecurityProtocol::SaslSsl;
+        options.sasl_mechanism = Some("SCRAM-SHA-512".into());
+        options.sasl_username = Some("tenant-a".into());
+        assert_eq!(options.principal(), "User:tenant-a");
+        options.sasl_mechanism = Some(MSK_IAM.into());
+        assert!(options.principal().contains("AWS IAM"));
+
+        // A real self-signed client certificate, made here.
+        let key = openssl::pkey::PKey::from_ec_key(
+            openssl::ec::EcKey::generate(
+                &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1)
+                    .unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("O", "ebb").unwrap();
+        name.append_entry_by_text("CN", "tenant-b").unwrap();
+        let name = name.build();
+        let mut cert = openssl::x509::X509Builder::new().unwrap();
+        cert.set_subject_name(&name).unwrap();
+        cert.set_issuer_name(&name).unwrap();
+        cert.set_pubkey(&key).unwrap();
+        cert.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        cert.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        cert.sign(&key, openssl::hash::MessageDigest::sha256())
+            .unwrap();
+        let path = std::env::temp_dir().join(format!("ebb-principal-{}.pem", std::process::id()));
+        std::fs::write(&path, cert.build().to_pem().unwrap()).unwrap();
+        let path_text = path.to_string_lossy().into_owned();
+        let options = KafkaOptions {
+            security_protocol: SecurityProtocol::Ssl,
+            ssl_certificate_location: Some(path_text.clone()),
+            ssl_key_location: Some("/unused.key".into()),
+            ..KafkaOptions::default()
+        };
+        assert_eq!(
+            options.principal(),
+            format!("the client certificate O=ebb,CN=tenant-b ({path_text})")
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+
     /// librdkafka asks for a new token at 80 % of the last one's remaining lifetime, on a
     /// 1-second timer: with 6 s tokens, one at the start, then one every 4-6 s: neither a
     /// storm nor a lapse. (MSK's tokens live 900 s: a new one about every 12 minutes.)

@@ -274,6 +274,19 @@ pub struct Actor {
     pub user: String,
     /// The host name, or `unknown`.
     pub host: String,
+    /// Who Kafka sees the change made by ([`KafkaOptions::principal`]): `User:<name>` for
+    /// SASL, the client certificate's subject for mutual TLS, `User:ANONYMOUS` otherwise.
+    pub principal: String,
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}@{} as Kafka principal {}",
+            self.user, self.host, self.principal
+        )
+    }
 }
 
 /// One partition's offsets as read from the cluster.
@@ -446,10 +459,8 @@ fn run_blocking(
     let (topic, group) = (settings.topic.as_str(), settings.group.as_str());
     let timeout = kafka.request_timeout;
     tracing::info!(
-        "replay {} requested by {}@{}: group {group}, topic {topic}, {}",
+        "replay {} requested by {actor}: group {group}, topic {topic}, {}",
         if settings.dry_run { "plan" } else { "apply" },
-        actor.user,
-        actor.host,
         settings.mode
     );
     // The client carries the group's id so that its commit is the group's; it never
@@ -528,10 +539,8 @@ fn plan_and_apply(
     verify(client, &plan, timeout)?;
     for p in &plan.partitions {
         tracing::info!(
-            "replay by {}@{}: group {group}, topic {topic}, partition {}: committed {} -> {} \
+            "replay by {actor}: group {group}, topic {topic}, partition {}: committed {} -> {} \
              ({} records to reprocess, {} skipped){}",
-            actor.user,
-            actor.host,
             p.partition,
             p.committed.map_or("none".to_string(), |c| c.to_string()),
             p.target,
@@ -541,10 +550,8 @@ fn plan_and_apply(
         );
     }
     tracing::info!(
-        "replay by {}@{} applied: group {group}, topic {topic}, {}: {} records to reprocess, \
+        "replay by {actor} applied: group {group}, topic {topic}, {}: {} records to reprocess, \
          {} skipped, partitions moved: {}",
-        actor.user,
-        actor.host,
         settings.mode,
         plan.total_reprocess,
         plan.total_skip,
@@ -759,6 +766,19 @@ fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_audit_trail_names_os_user_host_and_kafka_principal() {
+        let actor = Actor {
+            user: "alice".into(),
+            host: "ops-1".into(),
+            principal: "User:tenant-a".into(),
+        };
+        assert_eq!(
+            actor.to_string(),
+            "alice@ops-1 as Kafka principal User:tenant-a"
+        );
+    }
 
     fn state(
         partition: i32,

@@ -8,6 +8,7 @@ use clap::Args;
 use ebb_core::KafkaOptions;
 use ebb_core::admin::AdminError;
 use ebb_core::kafka::{SecurityProtocol, SettingError, parse_property};
+use ebb_core::postgres::DatabaseError;
 
 /// A mistake in the command line or configuration: ebb exits with code 2.
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +44,18 @@ pub struct KafkaArgs {
     pub aws_region: Option<String>,
 
     /// SASL user name.
-    #[arg(long, env = "KAFKA_SASL_USERNAME")]
+    #[arg(
+        long,
+        env = "KAFKA_SASL_USERNAME",
+        conflicts_with = "sasl_username_file"
+    )]
     pub sasl_username: Option<String>,
+
+    /// File holding the SASL user name (a key of the Kubernetes Secret that holds the
+    /// password, mounted as a file), instead of --sasl-username; a trailing newline is
+    /// ignored. Default: none.
+    #[arg(long, env = "KAFKA_SASL_USERNAME_FILE")]
+    pub sasl_username_file: Option<PathBuf>,
 
     /// SASL password. Prefer --sasl-password-file: a value on the command line shows in
     /// the process list.
@@ -101,6 +112,7 @@ impl std::fmt::Debug for KafkaArgs {
         options.sasl_password = self.sasl_password.as_ref().map(|_| String::new());
         f.debug_struct("KafkaArgs")
             .field("options", &options)
+            .field("sasl_username_file", &self.sasl_username_file)
             .field("sasl_password_file", &self.sasl_password_file)
             .finish()
     }
@@ -111,6 +123,13 @@ impl KafkaArgs {
     /// and so is a password file that cannot be read.
     pub fn options(&self) -> Result<KafkaOptions, UsageError> {
         let mut options = self.unchecked_options();
+        if let Some(path) = &self.sasl_username_file {
+            options.sasl_username = Some(read_secret_file(
+                path,
+                "the SASL user name",
+                "--sasl-username-file / KAFKA_SASL_USERNAME_FILE",
+            )?);
+        }
         if let Some(path) = &self.sasl_password_file {
             options.sasl_password = Some(read_password_file(path)?);
         }
@@ -363,6 +382,33 @@ mod tests {
             missing.contains("absent") && missing.contains("--sasl-password-file"),
             "{missing}"
         );
+
+        // The user name, from a file the same way (the chart mounts both keys).
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            kafka: KafkaArgs,
+        }
+        let user = dir.join("username");
+        std::fs::write(&user, "tenant-a\n").unwrap();
+        let cli =
+            Cli::try_parse_from(["ebb", "--sasl-username-file", user.to_str().unwrap()]).unwrap();
+        let options = cli.kafka.options().unwrap();
+        assert_eq!(options.sasl_username.as_deref(), Some("tenant-a"));
+        let absent = dir.join("no-user");
+        let cli =
+            Cli::try_parse_from(["ebb", "--sasl-username-file", absent.to_str().unwrap()]).unwrap();
+        let error = cli.kafka.options().unwrap_err().0;
+        assert!(
+            error.contains("no-user") && error.contains("KAFKA_SASL_USERNAME_FILE"),
+            "{error}"
+        );
+        assert!(
+            Cli::try_parse_from(["ebb", "--sasl-username", "a", "--sasl-username-file", "/f"])
+                .is_err(),
+            "both refused"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -391,6 +437,44 @@ mod tests {
     }
 
     #[test]
+    fn database_errors_name_their_flag_and_variable() {
+        let url = "--database-url-file / DATABASE_URL_FILE";
+        for (error, flag) in [
+            (DatabaseError::Url("no host".into()), url),
+            (DatabaseError::RootCertInUrl, "--database-ssl-root-cert"),
+            (
+                DatabaseError::RootCert {
+                    path: "/x.pem".into(),
+                    reason: "absent".into(),
+                },
+                "--database-ssl-root-cert / EBB_DATABASE_SSL_ROOT_CERT: cannot load /x.pem",
+            ),
+            (
+                DatabaseError::Table("a b".into()),
+                "--database-table / EBB_DATABASE_TABLE",
+            ),
+            (
+                DatabaseError::PoolSize(0),
+                "--database-pool-size / EBB_DATABASE_POOL_SIZE",
+            ),
+        ] {
+            let text = database_setting_message(&error, url);
+            assert!(text.contains(flag), "{text}");
+        }
+        let untrusted = DatabaseError::Untrusted {
+            policy: ebb_core::postgres::TlsPolicy::new(
+                ebb_core::postgres::TlsMode::VerifyFull,
+                None,
+            ),
+            reason: "self-signed certificate".into(),
+        };
+        assert!(
+            database_error_hint(&untrusted)
+                .is_some_and(|hint| hint.contains("EBB_DATABASE_SSL_ROOT_CERT"))
+        );
+    }
+
+    #[test]
     fn durations_in_seconds_or_with_units() {
         assert_eq!(parse_duration("0.1"), Ok(Duration::from_millis(100)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
@@ -404,8 +488,11 @@ mod tests {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "PostgreSQL")]
 pub struct DatabaseArgs {
-    /// Connection URL, postgres://user:password@host:port/database. TLS follows its
-    /// sslmode: prefer (the default: TLS when the server offers it), require, or disable.
+    /// Connection URL, postgres://user:password@host:port/database[?sslmode=MODE], or
+    /// libpq's key=value form. TLS follows libpq's sslmode: disable; prefer (the default:
+    /// TLS when the server offers it); require (TLS); verify-ca (TLS, and the server's
+    /// certificate must chain to --database-ssl-root-cert, or to the system's CAs without
+    /// it); verify-full (as verify-ca, and the certificate must name the host).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
@@ -414,9 +501,12 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DATABASE_URL_FILE", conflicts_with = "database_url")]
     pub database_url_file: Option<std::path::PathBuf>,
 
-    /// CA certificates (PEM) to verify the server's TLS certificate and host name with, e.g.
-    /// Amazon RDS's bundle. Unset, TLS encrypts without checking the server (as libpq's
-    /// sslmode=require does): set this for any database reached over a network.
+    /// CA certificates (PEM) the server's TLS certificate must chain to, e.g. Amazon RDS's
+    /// bundle (libpq's sslrootcert); only these are trusted. Given, sslmode prefer and
+    /// require check the chain too (as libpq does); the host name is checked only with
+    /// verify-full. Default: none: prefer and require encrypt without checking the server,
+    /// verify-ca and verify-full use the system's CAs (SSL_CERT_FILE / SSL_CERT_DIR). For a
+    /// database reached over a network, use sslmode=verify-full.
     #[arg(long, env = "EBB_DATABASE_SSL_ROOT_CERT")]
     pub database_ssl_root_cert: Option<std::path::PathBuf>,
 
@@ -463,6 +553,11 @@ impl DatabaseArgs {
                 ));
             }
         };
+        let url_setting = if self.database_url.is_some() {
+            "--database-url / DATABASE_URL"
+        } else {
+            "--database-url-file / DATABASE_URL_FILE"
+        };
         ebb_core::postgres::Database::new(&ebb_core::postgres::DatabaseOptions {
             url,
             table: self.database_table.clone(),
@@ -470,6 +565,46 @@ impl DatabaseArgs {
             connect_timeout: self.database_connect_timeout,
             ssl_root_cert: self.database_ssl_root_cert.clone(),
         })
-        .map_err(|e| UsageError(e.to_string()))
+        .map_err(|e| UsageError(database_setting_message(&e, url_setting)))
+    }
+}
+
+/// A database settings error worded with the flags and variables that set it; the URL
+/// itself is never quoted (it may hold a password).
+fn database_setting_message(error: &DatabaseError, url_setting: &str) -> String {
+    match error {
+        DatabaseError::Url(reason) => format!(
+            "{url_setting}: {reason}; expected postgres://user:password@host:port/database[?sslmode=...]"
+        ),
+        DatabaseError::RootCertInUrl => format!(
+            "{url_setting}: sslrootcert is not read from the URL; give the CA certificates \
+             with --database-ssl-root-cert / EBB_DATABASE_SSL_ROOT_CERT"
+        ),
+        DatabaseError::RootCert { path, reason } => format!(
+            "--database-ssl-root-cert / EBB_DATABASE_SSL_ROOT_CERT: cannot load {}: {reason}; \
+             give a PEM file of CA certificates",
+            path.display()
+        ),
+        DatabaseError::Table(name) => format!(
+            "--database-table / EBB_DATABASE_TABLE: {name:?} is not a table name; use \
+             letters, digits and _ (optionally schema.table)"
+        ),
+        DatabaseError::PoolSize(size) => {
+            format!("--database-pool-size / EBB_DATABASE_POOL_SIZE must be at least 1, not {size}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// What the command line adds to a database error: the settings that decide it.
+pub fn database_error_hint(error: &DatabaseError) -> Option<String> {
+    match error {
+        DatabaseError::Untrusted { .. } => Some(
+            "the CA certificates are set with --database-ssl-root-cert / \
+             EBB_DATABASE_SSL_ROOT_CERT, the checks with the sslmode of the database URL: \
+             verify-full checks chain and host name, verify-ca the chain only"
+                .into(),
+        ),
+        _ => None,
     }
 }

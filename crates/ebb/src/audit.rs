@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use ebb_core::audit::{AuditReport, AuditSettings, PartitionAudit, run as audit};
+use ebb_core::audit::{AuditError, AuditReport, AuditSettings, PartitionAudit, run as audit};
 
 use crate::args::{DatabaseArgs, KafkaArgs, dead_letter_topic};
 
@@ -49,7 +49,12 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let report = audit(&args.kafka.options()?, &database, &settings, |line| {
         eprintln!("audit: {line}")
     })
-    .await?;
+    .await
+    // Unwrapped, so that main adds the flags that deal with each.
+    .map_err(|e| match e {
+        AuditError::Kafka(e) => anyhow::Error::from(e),
+        AuditError::Database(e) => anyhow::Error::from(e),
+    })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -280,7 +280,11 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         SinkKind::Stdout => Arc::new(StdoutSink),
         SinkKind::Postgres => {
             let db = args.database.database()?;
-            tracing::info!("Writing trades to PostgreSQL table {}", db.table().as_str());
+            tracing::info!(
+                "Writing trades to PostgreSQL table {} ({})",
+                db.table().as_str(),
+                db.tls()
+            );
             database = Some(db.clone());
             Arc::new(PostgresSink::new(db, &mut registry))
         }

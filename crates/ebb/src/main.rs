@@ -130,15 +130,24 @@ fn main() -> ExitCode {
                 .chain()
                 .find_map(|cause| {
                     use ebb_core::audit::AuditError;
-                    cause
-                        .downcast_ref::<ebb_core::admin::AdminError>()
-                        // The audit's Kafka errors are transparent: not in the chain.
-                        .or(match cause.downcast_ref::<AuditError>() {
+                    // The audit's errors are transparent: their inner error is not in the chain.
+                    let admin = cause.downcast_ref::<ebb_core::admin::AdminError>().or(
+                        match cause.downcast_ref::<AuditError>() {
                             Some(AuditError::Kafka(e)) => Some(e),
                             _ => None,
+                        },
+                    );
+                    if let Some(admin) = admin {
+                        return args::admin_error_hint(admin);
+                    }
+                    cause
+                        .downcast_ref::<ebb_core::postgres::DatabaseError>()
+                        .or(match cause.downcast_ref::<AuditError>() {
+                            Some(AuditError::Database(e)) => Some(e),
+                            _ => None,
                         })
+                        .and_then(args::database_error_hint)
                 })
-                .and_then(args::admin_error_hint)
                 .map_or(String::new(), |hint| format!(" ({hint})"));
             eprintln!("ebb: error: {e:#}{hint}");
             ExitCode::from(if usage { 2 } else { 1 })

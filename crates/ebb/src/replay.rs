@@ -13,8 +13,10 @@ use crate::args::{KafkaArgs, UsageError, parse_duration};
 /// again (or skipped): to a time, back by a duration, or to offsets. Prints the plan per
 /// partition (committed offset, target, records to reprocess or skip) and applies it,
 /// unless --dry-run. Refused (exit 1) while the group has members: stop its consumers
-/// first. Each applied change is logged with the OS user and host. Give exactly one of
-/// --to-time, --by-duration, --to-offset.
+/// first. Each applied change is logged with the OS user and host and the Kafka principal
+/// (User:<SASL user>, the client certificate's subject, or User:ANONYMOUS). Give exactly
+/// one of --to-time, --by-duration, --to-offset, on the command line or in the
+/// environment (for a Kubernetes Job, say); one in each is refused as two.
 #[derive(Args)]
 #[command(group(ArgGroup::new("mode").required(true).args(["to_time", "by_duration", "to_offset"])))]
 pub struct ReplayArgs {
@@ -29,23 +31,26 @@ pub struct ReplayArgs {
     /// Move each partition to its first record at or after this time: RFC 3339 with a zone
     /// (2026-01-31T09:00:00Z, 2026-01-31T10:00:00.5+01:00) or a duration back from now
     /// ("10m ago", "1h 30m ago"). A partition with no record that recent goes to its log
-    /// end.
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    /// end. Default: none.
+    #[arg(long, env = "EBB_REPLAY_TO_TIME", value_name = "TIME", value_parser = parse_time)]
     to_time: Option<SystemTime>,
 
     /// Move each partition back by this much time from now (10m, 2h, 1d): to its first
-    /// record at or after now minus DURATION.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// record at or after now minus DURATION. Default: none.
+    #[arg(long, env = "EBB_REPLAY_BY_DURATION", value_name = "DURATION",
+          value_parser = parse_duration)]
     by_duration: Option<Duration>,
 
     /// Move to offsets: earliest (the log start), latest (the log end), N (every
     /// partition), or P=N,P=N (those partitions only; the others stay). Offsets outside a
-    /// partition's log are moved to its start or end.
-    #[arg(long, value_name = "OFFSETS", value_parser = parse_offsets)]
+    /// partition's log are moved to its start or end. Default: none.
+    #[arg(long, env = "EBB_REPLAY_TO_OFFSET", value_name = "OFFSETS", value_parser = parse_offsets)]
     to_offset: Option<OffsetSpec>,
 
     /// Only print the plan; change nothing (allowed while the group has members).
-    #[arg(long)]
+    /// EBB_REPLAY_DRY_RUN=true makes every replay in that environment a dry run.
+    /// Default: false (the plan is applied).
+    #[arg(long, env = "EBB_REPLAY_DRY_RUN")]
     dry_run: bool,
 
     /// Print JSON (one object, for scripts) instead of a table.
@@ -83,7 +88,8 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         mode,
         dry_run: args.dry_run,
     };
-    let plan = match ebb_core::replay::run(&args.kafka.options()?, &settings, &actor()).await {
+    let kafka = args.kafka.options()?;
+    let plan = match ebb_core::replay::run(&kafka, &settings, &actor(&kafka)).await {
         Ok(plan) => plan,
         // main words Kafka's admin errors with the flags that fix them.
         Err(ReplayError::Admin(e)) => return Err(e.into()),
@@ -100,8 +106,8 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Who runs this, for the audit trail: the OS user and the host.
-fn actor() -> Actor {
+/// Who runs this, for the audit trail: the OS user, the host and the Kafka principal.
+fn actor(kafka: &ebb_core::KafkaOptions) -> Actor {
     let user = ["USER", "LOGNAME"]
         .iter()
         .find_map(|key| std::env::var(key).ok().filter(|v| !v.is_empty()))
@@ -110,6 +116,7 @@ fn actor() -> Actor {
     Actor {
         user,
         host: host_name().unwrap_or_else(|| "unknown".into()),
+        principal: kafka.principal(),
     }
 }
 

@@ -34,15 +34,9 @@ const VARIANTS: &[(&str, &[&str])] = &[
         ],
     ),
     (
-        "keda-lag with SASL/SCRAM from a Secret and a ServiceMonitor",
-        &[
-            "--set",
-            "kafka.auth.type=scram-sha-512",
-            "--set",
-            "kafka.auth.existingSecret=kafka-credentials",
-            "--set",
-            "monitoring.serviceMonitor.enabled=true",
-        ],
+        "keda-lag with SASL/SCRAM from a Secret, the postgres sink with a root certificate, \
+         and a ServiceMonitor",
+        SECRETS_AS_FILES,
     ),
     // scaling.mode stays last: the API server test tells the modes apart by it.
     (
@@ -55,6 +49,23 @@ const VARIANTS: &[(&str, &[&str])] = &[
         ],
     ),
     ("no autoscaling", &["--set", "scaling.mode=none"]),
+];
+
+/// The variant with every Secret the chart mounts: SASL credentials, the database URL and
+/// the database's CA certificates (namespace ebb-2 in the API server test).
+const SECRETS_AS_FILES: &[&str] = &[
+    "--set",
+    "kafka.auth.type=scram-sha-512",
+    "--set",
+    "kafka.auth.existingSecret=kafka-credentials",
+    "--set",
+    "consumer.sink.type=postgres",
+    "--set",
+    "consumer.sink.postgres.existingSecret=database-url",
+    "--set",
+    "consumer.sink.postgres.rootCert.secretName=database-ca",
+    "--set",
+    "monitoring.serviceMonitor.enabled=true",
 ];
 
 fn chart() -> PathBuf {
@@ -155,6 +166,52 @@ fn the_consumer_gets_its_ordering_and_key_lanes_from_the_values() {
         ],
     );
     assert_eq!(env_value(&lanes, "EBB_KEY_LANES").as_deref(), Some("32"));
+}
+
+#[test]
+fn secrets_reach_ebb_as_files_never_as_env_values() {
+    let manifests = render("ebb", SECRETS_AS_FILES);
+    assert!(
+        !manifests.contains("secretKeyRef"),
+        "a Secret in an env value:\n{manifests}"
+    );
+    for (name, value) in [
+        ("DATABASE_URL_FILE", Some("/etc/ebb/database/url")),
+        ("DATABASE_URL", None),
+        (
+            "EBB_DATABASE_SSL_ROOT_CERT",
+            Some("/etc/ebb/database-ca/ca.crt"),
+        ),
+        (
+            "KAFKA_SASL_USERNAME_FILE",
+            Some("/etc/ebb/kafka-sasl/username"),
+        ),
+        (
+            "KAFKA_SASL_PASSWORD_FILE",
+            Some("/etc/ebb/kafka-sasl/password"),
+        ),
+        ("KAFKA_SASL_PASSWORD", None),
+    ] {
+        assert_eq!(env_value(&manifests, name).as_deref(), value, "{name}");
+    }
+    // The CA may come from a ConfigMap instead; both at once is refused.
+    let config_map = [
+        SECRETS_AS_FILES,
+        &[
+            "--set",
+            "consumer.sink.postgres.rootCert.configMapName=rds-ca",
+        ],
+    ]
+    .concat();
+    let out = run(Command::new(tool("helm"))
+        .args(["template", "ebb"])
+        .arg(chart())
+        .args(&config_map));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rootCert: set secretName or configMapName"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `kubeconform -strict -summary` of `manifests` against Kubernetes' JSON schemas (the one
@@ -286,6 +343,36 @@ fn the_chart_and_what_ebb_tune_prints_apply_to_a_real_api_server() {
         "EbbConsumerLagGrowingAtMaxReplicas EbbMessageTimeAboveSla EbbPartitionStalled \
          EbbDeadLetters EbbConsumerNotReady EbbProducerBehindTarget",
         "the stored PrometheusRule's alerts"
+    );
+    // The variant with Secrets (namespace ebb-2): the consumer stored reads the database
+    // URL from the Secret mounted read-only, the file DATABASE_URL_FILE names.
+    let consumer = |path: &str| {
+        server.get(
+            "ebb-2",
+            &["deployment", "ebb-consumer"],
+            &format!("{{.spec.template.spec.{path}}}"),
+        )
+    };
+    assert_eq!(
+        consumer("containers[0].env[?(@.name==\"DATABASE_URL_FILE\")].value"),
+        "/etc/ebb/database/url"
+    );
+    assert_eq!(
+        consumer("containers[0].env[?(@.name==\"DATABASE_URL\")].name"),
+        ""
+    );
+    assert_eq!(
+        consumer("containers[0]..secretKeyRef"),
+        "",
+        "no secretKeyRef"
+    );
+    assert_eq!(
+        consumer("containers[0].volumeMounts[?(@.name==\"database-url\")]['mountPath','readOnly']"),
+        "/etc/ebb/database true"
+    );
+    assert_eq!(
+        consumer("volumes[?(@.name==\"database-url\")].secret['secretName','items']"),
+        "database-url [{\"key\":\"url\",\"path\":\"url\"}]"
     );
     let dashboards = server.get(
         "ebb-1",

@@ -28,41 +28,157 @@ fn count(url: &str, table: &str) -> i64 {
         .expect("count")
 }
 
-#[test]
-fn tls_is_verified_against_the_given_ca_and_refused_against_another() {
-    let url = format!("{}?sslmode=require", postgres());
-    let table = table_name("tls");
-    let ok = run(&[
-        "db",
-        "init",
-        "--database-url",
-        &url,
-        "--database-ssl-root-cert",
-        &cert(),
-        "--database-table",
-        &table,
-    ]);
+/// A CA of its own, made with openssl: one that did not sign the local server's certificate.
+fn other_ca() -> std::path::PathBuf {
+    let cert = temp_file("other-ca.pem");
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=ebb test: another CA", "-keyout"])
+        .arg(cert.with_file_name("other-ca.key"))
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
     assert!(
-        ok.status.success(),
+        out.status.success(),
         "{}",
-        String::from_utf8_lossy(&ok.stderr)
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(count(&postgres(), &table), 0, "the table exists, empty");
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("PRIMARY KEY"));
+    cert
+}
 
-    let wrong = run(&[
-        "db",
-        "init",
-        "--database-url",
-        &url,
-        "--database-ssl-root-cert",
-        "/etc/ssl/certs/ca-certificates.crt",
-        "--database-table",
-        &table,
-    ]);
-    assert_eq!(wrong.status.code(), Some(1));
-    let text = String::from_utf8_lossy(&wrong.stderr);
-    assert!(text.contains("certificate verify failed"), "{text}");
+/// `ebb db init` with `url` (and `extra` arguments) and `env`; the system's CA store is
+/// the default one unless `env` says otherwise.
+fn db_init(url: &str, extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = ebb();
+    command
+        .args(["db", "init", "--database-url", url])
+        .args(["--database-table", &table_name("tls")])
+        .args(extra)
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
+        .envs(env.iter().copied());
+    command.output().expect("run ebb")
+}
+
+/// libpq's sslmodes against the local server's self-signed certificate (for 127.0.0.1 and
+/// localhost): what each verifies, and one line naming the settings when it refuses. The
+/// URL carries a password (the server trusts loopback), which no error may show.
+#[test]
+fn each_sslmode_verifies_what_libpq_says() {
+    const PASSWORD: &str = "pg-tls-password-x7";
+    let base = postgres().replacen("postgres@", &format!("postgres:{PASSWORD}@"), 1);
+    let port = base
+        .rsplit(':')
+        .next()
+        .and_then(|tail| tail.split('/').next())
+        .expect("port")
+        .to_string();
+    let url = |mode: &str| format!("{base}?sslmode={mode}");
+    // Connects to 127.0.0.1 but names a host the certificate does not hold.
+    let other_host = |mode: &str| {
+        format!(
+            "postgres://postgres@not-in-cert.invalid:{port}/ebb?hostaddr=127.0.0.1&sslmode={mode}"
+        )
+    };
+    let (ca, other) = (cert(), other_ca());
+    let other = other.to_str().expect("path");
+    let passes = |what: &str, out: std::process::Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{what}: {stderr}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("PRIMARY KEY"),
+            "{what}"
+        );
+    };
+    let refused = |what: &str, out: std::process::Output, reason: &str, policy: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{what}: one line: {stderr}"
+        );
+        for needle in [
+            "the server's TLS certificate was refused",
+            reason,
+            policy,
+            "--database-ssl-root-cert / EBB_DATABASE_SSL_ROOT_CERT",
+        ] {
+            assert!(
+                stderr.contains(needle),
+                "{what}: no {needle:?} in: {stderr}"
+            );
+        }
+        assert!(!stderr.contains(PASSWORD), "{what}: {stderr}");
+    };
+    let root = ["--database-ssl-root-cert", ca.as_str()];
+
+    passes(
+        "verify-full, the right CA",
+        db_init(&url("verify-full"), &root, &[]),
+    );
+    let key_value = format!(
+        "host=127.0.0.1 port={port} user=postgres password={PASSWORD} dbname=ebb sslmode=verify-full"
+    );
+    passes("verify-full, key=value", db_init(&key_value, &root, &[]));
+    refused(
+        "verify-full, another CA",
+        db_init(
+            &url("verify-full"),
+            &["--database-ssl-root-cert", other],
+            &[],
+        ),
+        "self-signed certificate",
+        &format!(
+            "sslmode=verify-full: TLS, the server's certificate must chain to the CA certificates in {other} and name the host"
+        ),
+    );
+    refused(
+        "verify-full, a host name the certificate lacks",
+        db_init(&other_host("verify-full"), &root, &[]),
+        "hostname mismatch",
+        "sslmode=verify-full",
+    );
+    passes(
+        "verify-ca checks no host name",
+        db_init(&other_host("verify-ca"), &root, &[]),
+    );
+    refused(
+        "verify-ca, the system's CAs",
+        db_init(&url("verify-ca"), &[], &[]),
+        "self-signed certificate",
+        "sslmode=verify-ca: TLS, the server's certificate must chain to the system's CA certificates",
+    );
+    // The system's store is OpenSSL's default one, which SSL_CERT_FILE replaces.
+    passes(
+        "verify-ca, SSL_CERT_FILE",
+        db_init(&url("verify-ca"), &[], &[("SSL_CERT_FILE", &ca)]),
+    );
+    // libpq's rule: a root certificate makes require (and prefer) check the chain.
+    refused(
+        "require, another CA",
+        db_init(&url("require"), &["--database-ssl-root-cert", other], &[]),
+        "self-signed certificate",
+        "sslmode=require",
+    );
+    refused(
+        "prefer, another CA",
+        db_init(&url("prefer"), &["--database-ssl-root-cert", other], &[]),
+        "self-signed certificate",
+        "sslmode=prefer",
+    );
+    passes(
+        "require, the right CA",
+        db_init(&url("require"), &root, &[]),
+    );
+    // Without one they encrypt and check nothing, as libpq's do.
+    passes("require, no CA", db_init(&url("require"), &[], &[]));
+    passes(
+        "require, another host",
+        db_init(&other_host("require"), &[], &[]),
+    );
 }
 
 #[test]
@@ -103,10 +219,16 @@ fn a_replayed_topic_changes_nothing_in_the_table() {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         let out = consumer.finish(std::time::Duration::from_secs(10));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        // It says what TLS checks: require with a root certificate, the chain only.
         assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            stderr.contains(&format!(
+                "(sslmode=require: TLS, the server's certificate must chain to the CA \
+                 certificates in {} (its host name is not checked))",
+                cert()
+            )),
+            "{stderr}"
         );
         seen
     };
@@ -154,6 +276,24 @@ fn database_settings_errors_exit_2_and_name_the_setting() {
         (
             vec!["--sink", "postgres", "--database-url", "nonsense://x"],
             "DATABASE_URL",
+        ),
+        (
+            vec![
+                "--sink",
+                "postgres",
+                "--database-url",
+                "postgres://u@127.0.0.1/db?sslmode=allow",
+            ],
+            "--database-url / DATABASE_URL: sslmode=allow",
+        ),
+        (
+            vec![
+                "--sink",
+                "postgres",
+                "--database-url",
+                "postgres://u@127.0.0.1/db?sslrootcert=/ca.pem",
+            ],
+            "sslrootcert is not read from the URL; give the CA certificates with --database-ssl-root-cert",
         ),
         (
             vec![

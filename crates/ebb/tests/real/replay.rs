@@ -208,6 +208,22 @@ fn a_group_with_a_running_consumer_is_refused_and_replayed_once_it_stops() {
     let plan = replay_json(&topic, &group, &["--to-offset", "earliest", "--dry-run"]);
     assert_eq!(plan["members"], 1, "{plan:#}");
     assert_eq!(plan["total_reprocess"], 200, "{plan:#}");
+    // The same from the environment, as a Kubernetes Job would give it: a plan, not a
+    // refusal, so EBB_REPLAY_DRY_RUN counted.
+    let out = ebb()
+        .args(["replay", "--topic", &topic, "--group", &group, "--json"])
+        .env("EBB_REPLAY_TO_OFFSET", "earliest")
+        .env("EBB_REPLAY_DRY_RUN", "true")
+        .output()
+        .expect("run ebb replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON plan");
+    assert_eq!(plan["mode"], "to-offset earliest", "{plan:#}");
+    assert_eq!(plan["applied"], false, "{plan:#}");
 
     consumer.signal(libc::SIGTERM);
     let out = consumer.finish(Duration::from_secs(30));
@@ -229,6 +245,7 @@ fn a_group_with_a_running_consumer_is_refused_and_replayed_once_it_stops() {
     // The audit trail: who, from where, which group and topic, what moved.
     assert!(
         stderr.contains("replay apply requested by replay-tester@")
+            && stderr.contains(" as Kafka principal User:ANONYMOUS: ")
             && stderr.contains(&format!("group {group}, topic {topic}, to-offset earliest")),
         "{stderr}"
     );

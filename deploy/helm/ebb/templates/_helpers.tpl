@@ -106,6 +106,9 @@ app.kubernetes.io/component: {{ .component }}
 {{/* Mount path of the Kafka CA bundle. */}}
 {{- define "ebb.caDir" -}}/etc/ebb/kafka-ca{{- end -}}
 
+{{/* Mount path of the SASL user name and password (files username, password). */}}
+{{- define "ebb.saslDir" -}}/etc/ebb/kafka-sasl{{- end -}}
+
 {{/*
 Checks that hold for the whole release; included once by every workload template, so
 `helm template` stops with one clear line instead of rendering something that cannot work.
@@ -136,7 +139,10 @@ Checks that hold for the whole release; included once by every workload template
 {{- fail "kafka.auth.kedaIdentityOwner workload makes KEDA assume the role in the service account's eks.amazonaws.com/role-arn annotation: set serviceAccount.irsaRoleArn" -}}
 {{- end -}}
 {{- if and (eq $v.consumer.sink.type "postgres") (not $v.consumer.sink.postgres.existingSecret) -}}
-{{- fail "consumer.sink.type postgres needs consumer.sink.postgres.existingSecret: a Secret holding DATABASE_URL under consumer.sink.postgres.urlKey" -}}
+{{- fail "consumer.sink.type postgres needs consumer.sink.postgres.existingSecret: a Secret holding the database URL under consumer.sink.postgres.urlKey" -}}
+{{- end -}}
+{{- if and $v.consumer.sink.postgres.rootCert.secretName $v.consumer.sink.postgres.rootCert.configMapName -}}
+{{- fail "consumer.sink.postgres.rootCert: set secretName or configMapName, not both" -}}
 {{- end -}}
 {{- if gt (int $v.scaling.minReplicaCount) (int $v.scaling.maxReplicaCount) -}}
 {{- fail (printf "scaling.minReplicaCount (%v) is greater than scaling.maxReplicaCount (%v)" $v.scaling.minReplicaCount $v.scaling.maxReplicaCount) -}}
@@ -189,16 +195,11 @@ The explicit value if set, else timeout + margin; fails when it would not outlas
   value: {{ . | quote }}
 {{- end }}
 {{- if include "ebb.saslPassword" . }}
-- name: KAFKA_SASL_USERNAME
-  valueFrom:
-    secretKeyRef:
-      name: {{ $auth.existingSecret | quote }}
-      key: {{ $auth.usernameKey | quote }}
-- name: KAFKA_SASL_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ $auth.existingSecret | quote }}
-      key: {{ $auth.passwordKey | quote }}
+{{- /* Read from the Secret mounted as files (ebb.volumes), never as env values. */}}
+- name: KAFKA_SASL_USERNAME_FILE
+  value: {{ printf "%s/username" (include "ebb.saslDir" .) | quote }}
+- name: KAFKA_SASL_PASSWORD_FILE
+  value: {{ printf "%s/password" (include "ebb.saslDir" .) | quote }}
 {{- else if eq $auth.type "msk-iam" }}
 - name: AWS_REGION
   value: {{ $auth.awsRegion | quote }}
@@ -225,11 +226,25 @@ The explicit value if set, else timeout + margin; fails when it would not outlas
 {{- end }}
 {{- end -}}
 
-{{/* Volumes every ebb pod has: a writable /tmp, and the Kafka CA when given. */}}
+{{/*
+Volumes every ebb pod has: a writable /tmp, the Kafka CA when given, and the SASL
+credentials' Secret (read-only files) for the user name and password types.
+*/}}
 {{- define "ebb.volumes" -}}
 - name: tmp
   emptyDir:
     sizeLimit: 64Mi
+{{- if include "ebb.saslPassword" . }}
+- name: kafka-sasl
+  secret:
+    secretName: {{ .Values.kafka.auth.existingSecret | quote }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.kafka.auth.usernameKey | quote }}
+        path: username
+      - key: {{ .Values.kafka.auth.passwordKey | quote }}
+        path: password
+{{- end }}
 {{- if .Values.kafka.tls.caSecret.name }}
 - name: kafka-ca
   secret:
@@ -244,6 +259,11 @@ The explicit value if set, else timeout + margin; fails when it would not outlas
 {{- define "ebb.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
+{{- if include "ebb.saslPassword" . }}
+- name: kafka-sasl
+  mountPath: {{ include "ebb.saslDir" . }}
+  readOnly: true
+{{- end }}
 {{- if .Values.kafka.tls.caSecret.name }}
 - name: kafka-ca
   mountPath: {{ include "ebb.caDir" . }}
@@ -253,7 +273,8 @@ The explicit value if set, else timeout + margin; fails when it would not outlas
 
 {{/*
 checkov skip annotations for a workload, each with its reason, only for the checks the
-current values make fail: (dict "root" $ "secretEnv" "KAFKA_SASL_PASSWORD, ..." or "").
+current values make fail: (dict "root" $). No secret reaches a container as an env value
+(Secrets are mounted as files and ebb reads *_FILE), so CKV_K8S_35 needs no skip.
 */}}
 {{- define "ebb.checkovSkips" -}}
 {{- $root := .root -}}
@@ -269,10 +290,6 @@ checkov.io/skip{{ $n }}: {{ printf "CKV_K8S_15=image.pullPolicy %s chosen on pur
 {{- if not $root.Values.networkPolicy.enabled }}
 {{- $n = add1 $n }}
 checkov.io/skip{{ $n }}: "CKV2_K8S_6=networkPolicy.enabled is false on purpose: the cluster's own NetworkPolicies govern these pods"
-{{- end }}
-{{- if .secretEnv }}
-{{- $n = add1 $n }}
-checkov.io/skip{{ $n }}: {{ printf "CKV_K8S_35=ebb reads these credentials only from environment variables (%s); they come from an existing Secret via secretKeyRef and are never written in the chart or its values" .secretEnv | quote }}
 {{- end }}
 {{- end -}}
 
