@@ -10,7 +10,7 @@ use ebb_core::admin::Admin;
 use ebb_core::producer::{ProducerMetrics, ProducerSettings, RateControl, TradeProducer};
 use ebb_core::trade::Trade;
 use ebb_scaling::RateProfile;
-use ebb_testkit::{kafka, read_topic, unique};
+use ebb_testkit::{kafka, read_topic, unique, watermarks};
 use prometheus_client::registry::Registry;
 
 async fn topic(partitions: i32, config: &[(&str, &str)]) -> (KafkaOptions, String) {
@@ -144,6 +144,20 @@ async fn live_rate_change_applies_within_a_second_as_the_broker_sees_it() {
         let stop = stop.clone();
         tokio::task::spawn_blocking(move || producer.run(&stop))
     };
+    // A broker that has just started may take a moment to lead the new topic's partitions;
+    // what the producer sent meanwhile would land in one burst inside the window before the
+    // change. The 3 s before the change start once records land.
+    let landing = std::time::Instant::now();
+    while watermarks(&options.bootstrap_servers, &topic)
+        .iter()
+        .all(|&(_, high)| high == 0)
+    {
+        assert!(
+            landing.elapsed() < Duration::from_secs(30),
+            "no record landed in {topic} within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let changed_at = now_ms();
     control.set("2000".parse().unwrap());
