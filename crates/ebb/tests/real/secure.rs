@@ -313,21 +313,6 @@ fn scram_sha_512_postgres_sink_and_audit() {
     let out = stop(consumer);
     assert!(out.status.success(), "consumer: {}", text(&out.stderr));
     assert_eq!(psql(&url, &format!("SELECT count(*) FROM {table}")), "200");
-    let out = run(
-        &[
-            "audit",
-            "--topic",
-            &topic,
-            "--group",
-            &group,
-            "--database-url",
-            &url,
-            "--database-table",
-            &table,
-        ],
-        &flags,
-    );
-    assert_ok("audit", &out);
 
     // The audit, the lag and a replay's plan over each way in.
     for way in [Way::Scram256, Way::Scram512, Way::Mtls] {
