@@ -442,7 +442,10 @@ fn rank_connection_error(
     // A broker that is not speaking TLS on that port (a PLAINTEXT listener) closes the
     // connection on the client's hello; librdkafka says "SSL handshake failed ... connecting
     // to a PLAINTEXT broker listener?" or, when the close comes first, only this.
-    if cause.contains("SSL connection closed by peer") && !cause.contains("PLAINTEXT") {
+    if cause.contains("SSL connection closed by peer")
+        && text.contains("in state SSL_HANDSHAKE")
+        && !cause.contains("PLAINTEXT")
+    {
         cause.push_str(
             " during the TLS handshake; is this a PLAINTEXT listener (check the port and \
              the security protocol)?",
@@ -786,6 +789,14 @@ mod tests {
             format!("{closed:?}").contains("PLAINTEXT listener"),
             "{closed:?}"
         );
+        // A close after the handshake (a refused client, an idle connection) is not that.
+        let (_, later) = rank_connection_error(
+            BrokerTransportFailure,
+            "ssl://127.0.0.1:9193/bootstrap: Disconnected: SSL connection closed by peer \
+             (after 40ms in state UP)",
+        )
+        .unwrap();
+        assert!(!format!("{later:?}").contains("PLAINTEXT"), "{later:?}");
     }
 
     #[test]

@@ -99,8 +99,11 @@ pub struct KafkaArgs {
     #[arg(long, env = "KAFKA_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub kafka_timeout: Duration,
 
-    /// Extra librdkafka property, key=value; repeatable; applied last.
+    /// Extra librdkafka property, key=value; repeatable; applied last. In the environment,
+    /// one property per line (how `ebb scale` and `ebb demo` hand theirs to their children,
+    /// so no value shows on a command line). Default: none.
     #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE",
+          env = "EBB_KAFKA_PROPERTIES", hide_env_values = true, value_delimiter = '\n',
           value_parser = parse_property)]
     pub kafka_properties: Vec<(String, String)>,
 }
@@ -484,8 +487,9 @@ mod tests {
     }
 }
 
-/// How to reach the PostgreSQL database of the `postgres` sink and of `ebb audit`.
-#[derive(Args, Debug, Clone)]
+/// How to reach the PostgreSQL database of the `postgres` sink and of `ebb audit`. No
+/// `Debug`: the URL may hold a password.
+#[derive(Args, Clone)]
 #[command(next_help_heading = "PostgreSQL")]
 pub struct DatabaseArgs {
     /// Connection URL, postgres://user:password@host:port/database[?sslmode=MODE], or

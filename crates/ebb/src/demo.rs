@@ -627,7 +627,6 @@ fn scale_args(
     args: &DemoArgs,
     topic: &str,
     group: &str,
-    kafka_flags: &[String],
     workers_dir: &Path,
     out: &Path,
 ) -> anyhow::Result<Vec<String>> {
@@ -638,7 +637,6 @@ fn scale_args(
         "--group".into(),
         group.to_string(),
     ];
-    scale_args.extend_from_slice(kafka_flags);
     scale_args.extend([
         "--metrics-addr".to_string(),
         format!("127.0.0.1:{}", args.port_base),
@@ -700,6 +698,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let Some(traffic_length) = profile.duration() else {
         return Err(UsageError("--profile must end (give every segment a duration)".into()).into());
     };
+    if args.port_base.checked_add(111).is_none() {
+        return Err(UsageError(format!(
+            "--port-base / EBB_DEMO_PORT_BASE: {} leaves no room for the workers' ports \
+             (up to 111 above it); give at most {}",
+            args.port_base,
+            u16::MAX - 111
+        ))
+        .into());
+    }
     let kafka = args.kafka.options()?;
     ensure_kafka(&kafka).await?;
     std::fs::create_dir_all(&args.out)
@@ -736,10 +743,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&workers_dir)?;
 
     // The supervisor (and through it the workers) and the producer reach Kafka as the demo
-    // does: its security settings and password go through their environment, the -X
-    // properties as arguments.
-    let (kafka_env, kafka_flags) = crate::scale::child_kafka_settings(&args.kafka, &kafka);
-    let scale_args = scale_args(&args, &topic, &group, &kafka_flags, &workers_dir, &out)?;
+    // does: its settings, password and -X properties go through their environment.
+    let kafka_env = crate::scale::child_kafka_settings(&args.kafka, &kafka);
+    let scale_args = scale_args(&args, &topic, &group, &workers_dir, &out)?;
     let mut scale = spawn_ebb(&scale_args, &kafka_env, &out.join("scale.log"))?;
 
     let mut produce_args: Vec<String> = vec![
@@ -749,7 +755,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "--rate".into(),
         profile.to_string(),
     ];
-    produce_args.extend(kafka_flags);
     let producer_summary = out.join("producer.summary.json");
     let _ = std::fs::remove_file(&producer_summary);
     produce_args.extend([

@@ -485,14 +485,15 @@ impl Pool {
 }
 
 /// What a child `ebb` (a worker of `ebb scale`, the supervisor and producer of `ebb demo`)
-/// needs to reach Kafka as `kafka` (checked from `args`) does: the settings as
-/// environment variables, and the `-X` properties as arguments. A password from a file
-/// reaches the child as that file, not as its content; a password reaches it only
-/// through its environment, never its command line.
+/// needs to reach Kafka as `kafka` (checked from `args`) does, as environment variables,
+/// which replace what the child would inherit: a user name or password from a file
+/// reaches the child as that file, not as its content; a password and the `-X`
+/// properties (which may hold secrets) reach it only through its environment, never its
+/// command line.
 pub(crate) fn child_kafka_settings(
     args: &KafkaArgs,
     kafka: &ebb_core::KafkaOptions,
-) -> (Vec<(&'static str, String)>, Vec<String>) {
+) -> Vec<(&'static str, String)> {
     let mut env = vec![
         ("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers.clone()),
         (
@@ -508,9 +509,17 @@ pub(crate) fn child_kafka_settings(
         Some(_) => ("KAFKA_SASL_PASSWORD_FILE", &password_file),
         None => ("KAFKA_SASL_PASSWORD", &kafka.sasl_password),
     };
+    let username_file = args
+        .sasl_username_file
+        .as_ref()
+        .map(|p| p.display().to_string());
+    let username = match username_file {
+        Some(_) => ("KAFKA_SASL_USERNAME_FILE", &username_file),
+        None => ("KAFKA_SASL_USERNAME", &kafka.sasl_username),
+    };
     for (key, value) in [
         ("KAFKA_SASL_MECHANISM", &kafka.sasl_mechanism),
-        ("KAFKA_SASL_USERNAME", &kafka.sasl_username),
+        username,
         password,
         ("KAFKA_SSL_CA_LOCATION", &kafka.ssl_ca_location),
         (
@@ -524,12 +533,15 @@ pub(crate) fn child_kafka_settings(
             env.push((key, value.clone()));
         }
     }
-    let mut properties = Vec::new();
-    for (key, value) in &kafka.extra {
-        properties.push("-X".to_string());
-        properties.push(format!("{key}={value}"));
+    if !kafka.extra.is_empty() {
+        let properties: Vec<String> = kafka
+            .extra
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        env.push(("EBB_KAFKA_PROPERTIES", properties.join("\n")));
     }
-    (env, properties)
+    env
 }
 
 /// Runs this `ebb` executable with `args` and extra `env`, its output going to `log`.
@@ -623,14 +635,13 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| std::env::temp_dir().join(format!("ebb-scale-{}", std::process::id())));
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("cannot create {}", log_dir.display()))?;
-    let (mut env, mut worker_args) = child_kafka_settings(&args.kafka, &kafka);
+    let mut env = child_kafka_settings(&args.kafka, &kafka);
     env.extend([
         ("KAFKA_TOPIC", args.topic.clone()),
         ("CONSUMER_GROUP", args.group.clone()),
     ]);
-    worker_args.extend(args.worker_args.iter().cloned());
     let mut pool = Pool {
-        args: worker_args,
+        args: args.worker_args.clone(),
         env,
         log_dir: log_dir.clone(),
         port_base: args.worker_port_base,
@@ -810,6 +821,70 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, registry).expect("encodes");
         text
+    }
+
+    #[test]
+    fn children_get_the_kafka_settings_through_their_environment_only() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            kafka: KafkaArgs,
+        }
+        let dir = std::env::temp_dir().join(format!("ebb-child-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (user, password) = (dir.join("username"), dir.join("password"));
+        std::fs::write(&user, "tenant-a\n").unwrap();
+        std::fs::write(&password, "s3cret\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "ebb",
+            "--bootstrap-servers",
+            "b:9092",
+            "--security-protocol",
+            "sasl_ssl",
+            "--sasl-mechanism",
+            "SCRAM-SHA-512",
+            "--sasl-username-file",
+            user.to_str().unwrap(),
+            "--sasl-password-file",
+            password.to_str().unwrap(),
+            "-X",
+            "ssl.key.password=k3y",
+            "-X",
+            "client.id=ebb,worker",
+        ])
+        .unwrap();
+        let kafka = cli.kafka.options().unwrap();
+        let env: std::collections::HashMap<_, _> = child_kafka_settings(&cli.kafka, &kafka)
+            .into_iter()
+            .collect();
+        // Files stay files (the chart's mounted Secret), so a child never meets both a
+        // value and a file for one setting.
+        assert_eq!(
+            env.get("KAFKA_SASL_USERNAME_FILE"),
+            Some(&user.display().to_string())
+        );
+        assert_eq!(
+            env.get("KAFKA_SASL_PASSWORD_FILE"),
+            Some(&password.display().to_string())
+        );
+        assert!(
+            !env.contains_key("KAFKA_SASL_USERNAME") && !env.contains_key("KAFKA_SASL_PASSWORD")
+        );
+        // -X properties, one per line, as the child's clap reads them back.
+        let properties = env.get("EBB_KAFKA_PROPERTIES").expect("properties");
+        assert_eq!(properties, "ssl.key.password=k3y\nclient.id=ebb,worker");
+        // The child's clap splits the value at its delimiter, the same from the
+        // environment as from a flag (the flag is used here: tests share the environment).
+        let child = Cli::try_parse_from(["ebb", "-X", properties]).unwrap();
+        assert_eq!(
+            child.kafka.kafka_properties,
+            vec![
+                ("ssl.key.password".to_string(), "k3y".to_string()),
+                ("client.id".to_string(), "ebb,worker".to_string())
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -15,6 +15,29 @@ use std::time::{Duration, Instant};
 use common::pipeline::*;
 use common::*;
 
+/// A local server stopped for an outage, started again when dropped: also when the
+/// scenario fails half-way, so the next scenario finds it running.
+struct Stopped(&'static str);
+
+impl Stopped {
+    fn stop(script: &'static str) -> Stopped {
+        local_service(script, "stop");
+        Stopped(script)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Not local_service: a second panic here would abort the whole binary.
+            let script = ebb_testkit::repo_root().join("scripts").join(self.0);
+            let _ = std::process::Command::new(script).arg("start").output();
+        } else {
+            local_service(self.0, "start");
+        }
+    }
+}
+
 /// Held by each scenario for its whole run: one outage at a time.
 fn alone() -> MutexGuard<'static, ()> {
     static OUTAGE: Mutex<()> = Mutex::new(());
@@ -29,10 +52,10 @@ fn broker_restart_mid_stream_loses_and_duplicates_nothing() {
         pipeline.add_consumer();
     }
     pipeline.progress("the group to commit", 1000);
-    local_service("kafka-local", "stop");
+    let broker = Stopped::stop("kafka-local");
     // The outage: the broker stays down 3 s.
     std::thread::sleep(Duration::from_secs(3));
-    local_service("kafka-local", "start");
+    drop(broker);
     pipeline.progress("commits to resume after the restart", 1000);
     pipeline.audit();
     pipeline.drain_and_audit(0);
@@ -59,7 +82,7 @@ fn database_down_for_10_s(order: &'static [&'static str], prefix: &str) {
         ready(&metrics) == Some(true)
     });
     pipeline.progress("the group to commit", 600);
-    local_service("postgres-local", "stop");
+    let database = Stopped::stop("postgres-local");
     let down = Instant::now();
     // Not ready while its writes fail.
     wait_until(
@@ -78,7 +101,7 @@ fn database_down_for_10_s(order: &'static [&'static str], prefix: &str) {
         committed_during,
         "offsets moved while the database was down"
     );
-    local_service("postgres-local", "start");
+    drop(database);
     wait_until("/readyz to recover", Duration::from_secs(30), || {
         ready(&metrics) == Some(true)
     });
@@ -95,18 +118,13 @@ fn an_idle_consumer_is_not_ready_while_the_database_is_down() {
     wait_until("the consumer to be ready", Duration::from_secs(30), || {
         ready(&metrics) == Some(true)
     });
-    local_service("postgres-local", "stop");
-    let outage = std::panic::catch_unwind(|| {
-        wait_until(
-            "/readyz to report the outage",
-            Duration::from_secs(10),
-            || ready(&metrics) == Some(false),
-        )
-    });
-    local_service("postgres-local", "start");
-    if let Err(panic) = outage {
-        std::panic::resume_unwind(panic);
-    }
+    let database = Stopped::stop("postgres-local");
+    wait_until(
+        "/readyz to report the outage",
+        Duration::from_secs(10),
+        || ready(&metrics) == Some(false),
+    );
+    drop(database);
     wait_until("/readyz to recover", Duration::from_secs(15), || {
         ready(&metrics) == Some(true)
     });

@@ -181,12 +181,21 @@ impl From<Process> for Child {
     }
 }
 
+/// SIGTERM first, so an `ebb scale` or `ebb demo` stops the workers it started (a kill
+/// would leave them running); SIGKILL after 10 s.
 impl Drop for Process {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
+        let Some(child) = &mut self.0 else { return };
+        if matches!(child.try_wait(), Ok(None)) {
+            signal(child, libc::SIGTERM);
+            let asked = Instant::now();
+            while matches!(child.try_wait(), Ok(None)) && asked.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 

@@ -116,8 +116,13 @@ fn a_short_demo_loses_nothing_and_leaves_no_process() {
         workers.iter().all(|w| w["failure"].is_null()),
         "{workers:?}"
     );
+    // The supervisor's and producer's ports, and the workers' (base + 100 on).
+    let ports: Vec<String> = (0..2)
+        .chain(100..112)
+        .map(|offset| (base + offset).to_string())
+        .collect();
     let leftovers = std::process::Command::new("pgrep")
-        .args(["-f", &format!("127.0.0.1:{}[0-9]", base / 10)])
+        .args(["-f", &format!("127\\.0\\.0\\.1:({})( |$)", ports.join("|"))])
         .output()
         .unwrap();
     assert!(

@@ -739,6 +739,7 @@ fn last_lines(log: &str) -> String {
 /// its output, its children's logs and files, or its dashboard's answers.
 #[test]
 fn the_demo_on_the_secured_node_shows_no_secret() {
+    let _busy = one_busy_test_at_a_time();
     let kafka = secure_kafka();
     let secrets = Secrets::fixed().with_secure(&kafka);
     let flags = scram_flags(
@@ -748,18 +749,18 @@ fn the_demo_on_the_secured_node_shows_no_secret() {
         None,
     );
     let out_dir = temp_file("demo");
-    let dashboard = format!("127.0.0.1:{}", free_port());
     let base = free_port_base(100, (0..2).chain(100..112));
     let mut command = noisy_secure();
     command
         .args(["demo", "--profile", "100@3s", "--partitions", "2"])
         .args(["--drain-timeout", "15s", "--linger", "60s"])
-        .args(["--dashboard-addr", &dashboard])
+        .args(["--dashboard-addr", "127.0.0.1:0"])
         .args(["--port-base", &base.to_string()])
         .arg("--out")
         .arg(&out_dir)
         .args(&flags);
     let mut demo = Running::spawn(command);
+    let dashboard = demo.address("--dashboard-addr");
     // Its dashboard's answers once the run's summary is there (the demo lingers then).
     let get = |path: &str| -> Option<String> {
         http_get(&format!("http://{dashboard}{path}"))
