@@ -76,8 +76,12 @@ pub enum DatabaseError {
     #[error("PostgreSQL client setup: {0}")]
     Setup(String),
     /// The server's TLS certificate failed the checks `policy` asks for.
-    #[error("PostgreSQL: the server's TLS certificate was refused ({reason}); {policy}")]
+    #[error(
+        "PostgreSQL: the server's TLS certificate was refused at {server} ({reason}); {policy}"
+    )]
     Untrusted {
+        /// The host(s) and port(s) connected to, as the URL names them (no user or password).
+        server: String,
         /// What was checked.
         policy: TlsPolicy,
         /// OpenSSL's verification result: `self-signed certificate`, `hostname mismatch`...
@@ -623,6 +627,26 @@ pub struct TradeRow<'a> {
     pub trade: TradeRef<'a>,
 }
 
+/// `host:port` of each server a parsed configuration names, comma-separated (a port
+/// given once applies to every host, as in libpq; 5432 when none is given).
+fn server_names(config: &tokio_postgres::Config) -> String {
+    let ports = config.get_ports();
+    config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let host = match host {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            format!("{host}:{port}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The trades table and a pool of connections to its database.
 #[derive(Clone)]
 pub struct Database {
@@ -630,6 +654,8 @@ pub struct Database {
     table: TableName,
     insert_sql: String,
     tls: TlsPolicy,
+    /// Where it connects, for errors: `host:port`, comma-separated when the URL has several.
+    server: String,
 }
 
 impl Database {
@@ -650,6 +676,7 @@ impl Database {
                 "no host; expected postgres://user@host:port/database".into(),
             ));
         }
+        let server = server_names(&config);
         config.connect_timeout(options.connect_timeout);
         if options.pool_size == 0 {
             return Err(DatabaseError::PoolSize(options.pool_size));
@@ -683,6 +710,7 @@ impl Database {
             table,
             insert_sql,
             tls,
+            server,
         })
     }
 
@@ -699,6 +727,7 @@ impl Database {
                 && let Some(reason) = certificate_refusal(error)
             {
                 return DatabaseError::Untrusted {
+                    server: self.server.clone(),
                     policy: self.tls.clone(),
                     reason,
                 };
@@ -855,6 +884,18 @@ impl Database {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_name_the_server_without_the_credentials() {
+        let names = |text: &str| server_names(&tokio_postgres::Config::from_str(text).unwrap());
+        assert_eq!(
+            names("postgres://u:pw@db.example:6000/ebb"),
+            "db.example:6000"
+        );
+        assert_eq!(names("postgres://u:pw@db.example/ebb"), "db.example:5432");
+        assert_eq!(names("host=a,b port=1,2 user=u password=pw"), "a:1,b:2");
+        assert_eq!(names("host=a,b port=7 user=u"), "a:7,b:7");
+    }
 
     #[test]
     fn table_names_are_checked_and_quoted() {

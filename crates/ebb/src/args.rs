@@ -465,6 +465,7 @@ mod tests {
             assert!(text.contains(flag), "{text}");
         }
         let untrusted = DatabaseError::Untrusted {
+            server: "db.example:5432".into(),
             policy: ebb_core::postgres::TlsPolicy::new(
                 ebb_core::postgres::TlsMode::VerifyFull,
                 None,
