@@ -769,34 +769,40 @@ mod tests {
             rank_connection_error(AllBrokersDown, "1/1 brokers are down"),
             None
         );
-        let (_, alert) = rank_connection_error(
-            SSL,
-            "ssl://127.0.0.1:9193/bootstrap: Receive failed: sslv3 alert bad certificate",
-        )
-        .unwrap();
-        assert!(
-            format!("{alert:?}").contains("client's certificate"),
-            "{alert:?}"
-        );
-        // TLS to a plaintext port, when the broker's close comes before a handshake error.
-        let (_, closed) = rank_connection_error(
-            BrokerTransportFailure,
-            "sasl_ssl://127.0.0.1:9092/bootstrap: Disconnected: SSL connection closed by peer \
-             (after 2ms in state SSL_HANDSHAKE)",
-        )
-        .unwrap();
-        assert!(
-            format!("{closed:?}").contains("PLAINTEXT listener"),
-            "{closed:?}"
-        );
-        // A close after the handshake (a refused client, an idle connection) is not that.
-        let (_, later) = rank_connection_error(
-            BrokerTransportFailure,
-            "ssl://127.0.0.1:9193/bootstrap: Disconnected: SSL connection closed by peer \
-             (after 40ms in state UP)",
-        )
-        .unwrap();
-        assert!(!format!("{later:?}").contains("PLAINTEXT"), "{later:?}");
+        // (code, librdkafka's text, a hint ebb adds, whether it must be there)
+        let hints = [
+            // A TLS alert: the broker refused the client's certificate.
+            (
+                SSL,
+                "ssl://127.0.0.1:9193/bootstrap: Receive failed: sslv3 alert bad certificate",
+                "client's certificate",
+                true,
+            ),
+            // TLS to a plaintext port, when the broker's close comes before a handshake error.
+            (
+                BrokerTransportFailure,
+                "sasl_ssl://127.0.0.1:9092/bootstrap: Disconnected: SSL connection closed by \
+                 peer (after 2ms in state SSL_HANDSHAKE)",
+                "PLAINTEXT listener",
+                true,
+            ),
+            // A close after the handshake (a refused client, an idle connection) is not that.
+            (
+                BrokerTransportFailure,
+                "ssl://127.0.0.1:9193/bootstrap: Disconnected: SSL connection closed by peer \
+                 (after 40ms in state UP)",
+                "PLAINTEXT",
+                false,
+            ),
+        ];
+        for (code, text, hint, present) in hints {
+            let (_, failure) = rank_connection_error(code, text).unwrap();
+            assert_eq!(
+                format!("{failure:?}").contains(hint),
+                present,
+                "{text}: {failure:?}"
+            );
+        }
     }
 
     #[test]

@@ -564,3 +564,29 @@ pub fn metric(addr: &str, name: &str) -> Option<f64> {
         .parse()
         .ok()
 }
+
+/// The flags of a SCRAM login to the secured node (`scripts/kafka-local --secure`) as
+/// `user` with `password` on the command line, the broker verified against the node's CA.
+pub fn scram_login(
+    kafka: &ebb_testkit::SecureKafka,
+    mechanism: &str,
+    user: &str,
+    password: &str,
+) -> Vec<String> {
+    [
+        "--bootstrap-servers",
+        &kafka.sasl_ssl,
+        "--security-protocol",
+        "sasl_ssl",
+        "--sasl-mechanism",
+        mechanism,
+        "--sasl-username",
+        user,
+        "--sasl-password",
+        password,
+        "--ssl-ca-location",
+        &kafka.ca.display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}

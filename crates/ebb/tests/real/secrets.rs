@@ -469,31 +469,19 @@ fn scram_flags(
     (user, password): (&str, &str),
     password_file: Option<&Path>,
 ) -> Vec<String> {
-    let mut flags: Vec<String> = [
-        "--bootstrap-servers",
-        &kafka.sasl_ssl,
-        "--security-protocol",
-        "sasl_ssl",
-        "--sasl-mechanism",
-        mechanism,
-        "--sasl-username",
-        user,
-        "--ssl-ca-location",
-        &kafka.ca.display().to_string(),
-        "--kafka-timeout",
-        "10s",
-        "-X",
-        "debug=all",
-    ]
-    .map(String::from)
-    .to_vec();
-    match password_file {
-        Some(file) => {
-            std::fs::write(file, format!("{password}\n")).expect("password file");
-            flags.extend(["--sasl-password-file".into(), file.display().to_string()]);
-        }
-        None => flags.extend(["--sasl-password".into(), password.to_string()]),
+    let mut flags = scram_login(kafka, mechanism, user, password);
+    if let Some(file) = password_file {
+        std::fs::write(file, format!("{password}\n")).expect("password file");
+        let at = flags
+            .iter()
+            .position(|f| f == "--sasl-password")
+            .expect("a password flag");
+        flags.splice(
+            at..at + 2,
+            ["--sasl-password-file".into(), file.display().to_string()],
+        );
     }
+    flags.extend(["--kafka-timeout", "10s", "-X", "debug=all"].map(String::from));
     flags
 }
 

@@ -23,8 +23,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Running, ebb_unconfigured as ebb, http_get, postgres, psql, temp_file, unique, wait_until,
-    worker_port_base,
+    Running, ebb_unconfigured as ebb, http_get, postgres, psql, scram_login, temp_file, unique,
+    wait_until, worker_port_base,
 };
 use ebb_testkit::{SecureKafka, Tenant, secure_kafka};
 use serde_json::Value;
@@ -43,12 +43,7 @@ enum Way {
 
 /// The flags for `tenant` over `way`, the SASL password given on the command line.
 fn flags(kafka: &SecureKafka, tenant: &Tenant, way: Way) -> Vec<String> {
-    let mut flags: Vec<String> = vec![
-        "--kafka-timeout".into(),
-        format!("{TIMEOUT_S}s"),
-        "--ssl-ca-location".into(),
-        kafka.ca.display().to_string(),
-    ];
+    let mut flags: Vec<String> = vec!["--kafka-timeout".into(), format!("{TIMEOUT_S}s")];
     match way {
         Way::Scram256 | Way::Scram512 => {
             let mechanism = if matches!(way, Way::Scram256) {
@@ -56,21 +51,12 @@ fn flags(kafka: &SecureKafka, tenant: &Tenant, way: Way) -> Vec<String> {
             } else {
                 "SCRAM-SHA-512"
             };
-            flags.extend(
-                [
-                    "--bootstrap-servers",
-                    &kafka.sasl_ssl,
-                    "--security-protocol",
-                    "sasl_ssl",
-                    "--sasl-mechanism",
-                    mechanism,
-                    "--sasl-username",
-                    &tenant.user,
-                    "--sasl-password",
-                    &tenant.password,
-                ]
-                .map(String::from),
-            );
+            flags.extend(scram_login(
+                kafka,
+                mechanism,
+                &tenant.user,
+                &tenant.password,
+            ));
         }
         Way::Mtls => {
             flags.extend(
@@ -79,6 +65,9 @@ fn flags(kafka: &SecureKafka, tenant: &Tenant, way: Way) -> Vec<String> {
                     &kafka.mtls,
                     "--security-protocol",
                     "ssl",
+                    "--ssl-ca-location",
+                    &kafka.ca.display().to_string(),
+                    // Last: a test drops them to connect without a client certificate.
                     "--ssl-certificate-location",
                     &tenant.certificate.display().to_string(),
                     "--ssl-key-location",
