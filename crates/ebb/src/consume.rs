@@ -93,15 +93,27 @@ pub struct ConsumeArgs {
     #[arg(long, env = "EBB_MAX_BUFFERED_RECORDS", value_parser = clap::value_parser!(u64).range(1..))]
     max_buffered_records: Option<u64>,
 
-    /// Prefetch memory in MiB, shared by the topic's partitions: each partition may queue
-    /// 3/4 × budget ÷ partitions and fetch 1/4 × budget ÷ partitions per request (within
-    /// 64 KiB..1 MiB and 16..256 KiB). Small topics get librdkafka's full prefetch. Kafka
-    /// returns at least one whole record batch per partition, so with large producer
-    /// batches a consumer owning many partitions holds more than the budget. `-X
-    /// queued.max.messages.kbytes=...` / `max.partition.fetch.bytes=...` override it.
+    /// Prefetch memory in MiB, shared by the partitions that fetch at once (the topic's, up
+    /// to --max-fetching-partitions): each may queue 3/8 and fetch 1/8 of its part per
+    /// request (within 32 KiB..1 MiB and 16..256 KiB; librdkafka's own overhead on queued
+    /// records makes up the rest). Topics of up to 6 partitions get librdkafka's full
+    /// prefetch. `-X queued.max.messages.kbytes=...` / `max.partition.fetch.bytes=...`
+    /// override it.
     #[arg(long, env = "EBB_FETCH_BUDGET_MIB", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     fetch_budget_mib: u32,
+
+    /// Most partitions with a backlog fetched at once, so that memory does not grow with
+    /// the partitions owned. Beyond it, partitions with a backlog take turns: each fetches
+    /// until its part of the buffer is full, or for 500 ms, while the others wait paused
+    /// (what the client had prefetched for a paused partition is dropped and fetched again
+    /// on its next turn). Partitions that are caught up never wait. A consumer whose sink
+    /// writes take tens of milliseconds and that owns more partitions than this processes
+    /// fewer of them at once: raise it, up to the partitions owned, for throughput at the
+    /// cost of memory.
+    #[arg(long, env = "EBB_MAX_FETCHING_PARTITIONS", default_value_t = 24,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_fetching_partitions: u32,
 
     /// Where a group with no committed offset starts. `earliest`, because a new group that
     /// starts at `latest` silently skips everything already in the topic.
@@ -313,6 +325,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         max_in_flight: args.max_in_flight as usize,
         order_by,
         fetch_budget: args.fetch_budget_mib as usize * 1024 * 1024,
+        max_fetching_partitions: args.max_fetching_partitions as usize,
         max_buffered_records: args.max_buffered_records.map_or_else(
             || {
                 ConsumerSettings::default_max_buffered_records(

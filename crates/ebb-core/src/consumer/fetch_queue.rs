@@ -63,6 +63,13 @@ impl<C: ConsumerContext + 'static> FetchQueue<C> {
         })
     }
 
+    /// Whether records (or errors) wait in the queue.
+    pub fn is_empty(&self) -> bool {
+        // SAFETY: `handle` is a live queue reference; librdkafka reads its length under
+        // the queue's lock.
+        unsafe { rd::rd_kafka_queue_length(self.handle.as_ptr()) == 0 }
+    }
+
     /// Hands up to `max` waiting records to `each`, in offset order, without waiting, and
     /// returns how many it handed over. Errors librdkafka puts on the queue (fetch
     /// failures; it retries them itself) are logged.

@@ -70,6 +70,8 @@ pub struct ConsumerMetrics {
     pub assigned_partitions: Gauge,
     /// Partitions paused for backpressure.
     pub paused_partitions: Gauge,
+    /// Partitions with a backlog paused in librdkafka, waiting their turn to fetch.
+    pub parked_partitions: Gauge,
     /// Rebalance callbacks by kind.
     pub rebalances: Family<KindLabel, Counter>,
     /// Time to drain revoked partitions.
@@ -110,6 +112,7 @@ impl ConsumerMetrics {
             buffered_records: Gauge::default(),
             assigned_partitions: Gauge::default(),
             paused_partitions: Gauge::default(),
+            parked_partitions: Gauge::default(),
             rebalances: Family::default(),
             revoke_drain_seconds: seconds(),
             commits: Counter::default(),
@@ -172,6 +175,11 @@ impl ConsumerMetrics {
             "ebb_consumer_paused_partitions",
             "Partitions paused for backpressure",
             m.paused_partitions,
+        );
+        registry.register(
+            "ebb_consumer_parked_partitions",
+            "Partitions with a backlog paused in librdkafka, waiting their turn to fetch",
+            m.parked_partitions,
         );
         registry.register(
             "ebb_consumer_rebalances",

@@ -24,7 +24,10 @@
 //! holding its share, or whose sink writes are failing, is simply not read; its records
 //! wait in its librdkafka queue, which stops fetching once it holds
 //! `queued.max.messages.kbytes`. (librdkafka's pause would drop what was fetched and fetch
-//! it again on resume, which at every small backlog costs most of the throughput.)
+//! it again on resume, which at every small backlog costs most of the throughput.) What
+//! bounds librdkafka's side when many partitions have a backlog is [`rotation`]: only
+//! `max_fetching_partitions` of them fetch at once, and the others are paused in turn, each
+//! for a turn much longer than a fetch.
 //!
 //! Where each piece lives:
 //! - [`settings`]: the settings and the pure librdkafka configuration builder;
@@ -40,6 +43,8 @@
 //! - `committer`: the periodic asynchronous commit and the commit results;
 //! - [`commit`]: per-partition commit accounting (pure); `commit_request`: the FFI call
 //!   that gets asynchronous commit results back;
+//! - [`rotation`]: which partitions with a backlog fetch now and which wait their turn
+//!   (pure), so that memory does not grow with the partitions owned;
 //! - [`batch`], [`fetch_queue`], [`dead_letter`], [`metrics`], [`watchdog`].
 //!
 //! Any record type: [`start`] takes a [`Decoder`] and a [`Sink`] over its output;
@@ -56,6 +61,7 @@ pub mod key_order;
 pub mod metrics;
 mod poll;
 mod rebalance;
+pub mod rotation;
 pub mod settings;
 pub mod sink;
 pub mod watchdog;
@@ -156,6 +162,8 @@ struct PartitionState {
     /// Sub-lanes whose worker is retrying a failed write: the partition is not read while
     /// any is ([`PartitionState::is_held`]).
     failing_lanes: AtomicUsize,
+    /// Paused in librdkafka, waiting its turn to fetch ([`rotation`]).
+    parked: AtomicBool,
 }
 
 impl PartitionState {
@@ -172,6 +180,7 @@ impl PartitionState {
             lane_queued: (0..order_by.lanes()).map(|_| AtomicUsize::new(0)).collect(),
             pending: order_by.is_key().then(|| Mutex::new(PendingBatches::new())),
             failing_lanes: AtomicUsize::new(0),
+            parked: AtomicBool::new(false),
         }
     }
 

@@ -7,7 +7,7 @@
 //! consumer. It never blocks on the sink.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,8 @@ const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// While a partition's worker is busy, its open batch's timeout is looked at again no
 /// sooner than this (the worker wakes the poll thread when it finishes a batch).
 const BUSY_RECHECK: Duration = Duration::from_millis(20);
+/// How often the fetch rotation is stepped while it has partitions to rotate.
+const ROTATE_EVERY: Duration = Duration::from_millis(5);
 /// The longest the poll thread sleeps with nothing taken (a partition queue getting
 /// records or a worker finishing a batch wakes it earlier).
 const MAX_PARK: Duration = Duration::from_millis(10);
@@ -104,6 +106,8 @@ pub(super) struct Poller {
     last_activity: Instant,
     /// When the lanes next need a sweep.
     next_sweep: Instant,
+    /// When the fetch rotation is next stepped.
+    next_rotation: Instant,
 }
 
 impl Poller {
@@ -117,6 +121,7 @@ impl Poller {
             summary,
             last_activity: Instant::now(),
             next_sweep: Instant::now(),
+            next_rotation: Instant::now(),
         }
     }
 
@@ -168,15 +173,23 @@ impl Poller {
             None => {}
         }
 
-        // Each partition with room, a slice at a time so all of them move.
+        // Each partition with room, a slice at a time so all of them move; parked ones
+        // wait their turn. While the rotation has partitions to rotate, it is told which
+        // of them were left with records in their queues.
         {
             let mut lanes = lock(&context.lanes);
-            let share = context.share(lanes.len());
+            let mut rotation = lock(&context.rotation);
+            let rotating = rotation.is_active();
+            let room = context.room(lanes.len());
             let slice = 2 * shared.settings.limits.max_records;
             let batch_size = shared.settings.limits.max_records;
-            for lane in lanes.values_mut() {
+            for (&partition, lane) in lanes.iter_mut() {
+                if lane.state.parked.load(Ordering::Relaxed) {
+                    continue;
+                }
                 let mut from_lane = 0;
-                while from_lane < slice && lane.has_room(share) {
+                let mut drained = false;
+                while from_lane < slice && lane.has_room(&room) {
                     let Some(queue) = &mut lane.queue else { break };
                     // In key order the records go to many open batches: room is checked
                     // a batch's worth at a time.
@@ -195,16 +208,25 @@ impl Poller {
                     });
                     from_lane += got;
                     if got < want {
+                        drained = true;
                         break;
                     }
                 }
                 taken += from_lane;
+                if rotating && let Some(queue) = &lane.queue {
+                    rotation.observe(partition, from_lane, !drained && !queue.is_empty());
+                }
                 // In key order a partition can run out of room on its open batches alone;
                 // closed now, they go to their workers instead of waiting out their clocks.
-                if lane.subs.len() > 1 && !lane.has_room(share) {
+                if lane.subs.len() > 1 && !lane.has_room(&room) {
                     context.close_idle_open_batches(lane);
                 }
             }
+        }
+
+        if now >= self.next_rotation {
+            self.next_rotation = now + ROTATE_EVERY;
+            self.rotate(now);
         }
 
         if taken > 0 {
@@ -218,6 +240,22 @@ impl Poller {
             std::thread::park_timeout(wait);
         }
         Step::Continue
+    }
+
+    /// Ends the fetch turns that are over and starts waiting partitions that can use a
+    /// slot (not held, with room in their share), pausing and resuming them in librdkafka.
+    fn rotate(&mut self, now: Instant) {
+        let context = self.consumer.context();
+        let changes = {
+            let lanes = lock(&context.lanes);
+            let mut rotation = lock(&context.rotation);
+            if rotation.parked() == 0 && !rotation.is_active() {
+                return;
+            }
+            let room = context.room(lanes.len());
+            rotation.step(now, |p| lanes.get(&p).is_some_and(|l| l.has_room(&room)))
+        };
+        context.apply(&self.consumer, &changes, now);
     }
 
     /// Stops: commits what was handled, releases (drains and commits) every partition,
@@ -284,10 +322,10 @@ impl Context {
     fn sweep(&self, now: Instant) -> Instant {
         let mut next = now + SWEEP_EVERY;
         let mut lanes = lock(&self.lanes);
-        let share = self.share(lanes.len());
+        let room = self.room(lanes.len());
         let mut held_back = 0;
         for lane in lanes.values_mut() {
-            if lane.subs.len() > 1 && !lane.has_room(share) {
+            if lane.subs.len() > 1 && !lane.has_room(&room) {
                 self.close_idle_open_batches(lane);
             }
             for (index, sub) in lane.subs.iter_mut().enumerate() {
@@ -309,7 +347,7 @@ impl Context {
                     next = next.min(timeout_check(deadline, now, worker_free));
                 }
             }
-            if !lane.has_room(share) {
+            if !lane.has_room(&room) {
                 held_back += 1;
             }
         }
@@ -348,20 +386,36 @@ impl Context {
         let _ = tx.send(batch);
     }
 
-    /// Each owned partition's share of the buffer budget.
-    fn share(&self, owned: usize) -> usize {
+    /// The room for records of a consumer owning `owned` partitions: the buffer is shared
+    /// by the partitions that may fetch at once, and bounded as a whole.
+    fn room(&self, owned: usize) -> Room<'_> {
         let settings = &self.shared.settings;
-        share(
-            settings.max_buffered_records,
-            settings.limits.max_records,
-            owned,
-        )
+        Room {
+            share: share(
+                settings.max_buffered_records,
+                settings.limits.max_records,
+                owned,
+            ),
+            buffered: &self.shared.buffered_records,
+            max_buffered: settings.max_buffered_records,
+        }
     }
 }
 
-/// Each of `owned` partitions' share of `max_buffered_records`, at least two batches.
-fn share(max_buffered_records: usize, batch_size: usize, owned: usize) -> usize {
-    (max_buffered_records / owned.max(1)).max(2 * batch_size)
+/// How many records a partition may hold in closed batches now.
+struct Room<'a> {
+    /// Each partition's share of the buffer.
+    share: usize,
+    /// Records in closed batches across partitions, and their bound: a parked partition
+    /// keeps the batches of its turn, so the shares of the fetching ones alone do not bound
+    /// the buffer.
+    buffered: &'a AtomicUsize,
+    max_buffered: usize,
+}
+
+/// Each of `fetching` partitions' share of `max_buffered_records`, at least two batches.
+fn share(max_buffered_records: usize, batch_size: usize, fetching: usize) -> usize {
+    (max_buffered_records / fetching.max(1)).max(2 * batch_size)
 }
 
 /// How many records to take from a partition's queue in one call: up to the end of the
@@ -387,12 +441,14 @@ impl Lane {
     /// the open batch does not count, so it always fills up (memory: a share plus one
     /// batch); in key order the open batches count, since there are many of them (memory:
     /// a share plus one read).
-    fn has_room(&self, share: usize) -> bool {
+    fn has_room(&self, room: &Room<'_>) -> bool {
         let open = match self.subs.len() {
             1 => 0,
             _ => self.open_records(),
         };
-        !self.state.is_held() && self.state.queued_records.load(Ordering::SeqCst) + open < share
+        !self.state.is_held()
+            && self.state.queued_records.load(Ordering::SeqCst) + open < room.share
+            && room.buffered.load(Ordering::SeqCst) < room.max_buffered
     }
 
     /// Records in the sub-lanes' open batches.
@@ -487,12 +543,13 @@ impl Summary {
         let rate = (processed - self.last_logged_processed) as f64 / since_log.as_secs_f64();
         let partitions = lock(lanes).len();
         let paused = shared.metrics.paused_partitions.get();
+        let parked = shared.metrics.parked_partitions.get();
         let lag: i64 = lock(&shared.owned)
             .values()
             .map(|s| s.lag.load(Ordering::Relaxed).max(0))
             .sum();
         tracing::info!(
-            "Processed: {processed} messages, Rate: {rate:.1} msg/s, Lag: {lag}, In flight: {}, Partitions: {partitions}, Held back: {paused}",
+            "Processed: {processed} messages, Rate: {rate:.1} msg/s, Lag: {lag}, In flight: {}, Partitions: {partitions}, Held back: {paused}, Waiting to fetch: {parked}",
             shared.busy_batches.load(Ordering::Relaxed)
         );
         self.last_log = Instant::now();

@@ -21,6 +21,7 @@ use super::batch::BatchBuilder;
 use super::fetch_queue::FetchQueue;
 use super::metrics::{CallLabel, KindLabel, PartitionLabel};
 use super::poll::{Lane, SubLane};
+use super::rotation::{Change, Rotation, TURN};
 use super::{PartitionState, Shared, committer, lock};
 use crate::kafka::AuthContext;
 
@@ -30,6 +31,9 @@ pub(super) struct Context {
     pub(super) shared: Arc<Shared>,
     /// The poll thread's lanes, one per owned partition.
     pub(super) lanes: Mutex<HashMap<i32, Lane>>,
+    /// Which owned partitions fetch now and which wait their turn. Locked after `lanes`
+    /// when both are.
+    pub(super) rotation: Mutex<Rotation>,
     /// The consumer itself, to split off partition queues on assignment.
     pub(super) consumer: OnceLock<Weak<BaseConsumer<Context>>>,
 }
@@ -122,6 +126,15 @@ impl ConsumerContext for Context {
                     ));
                     return;
                 }
+                let now = Instant::now();
+                let changes: Vec<Change> = {
+                    let mut rotation = lock(&self.rotation);
+                    partitions
+                        .iter()
+                        .map(|&p| rotation.assign(p, now))
+                        .collect()
+                };
+                self.apply(consumer, &changes, now);
                 let total = lock(&self.lanes).len();
                 tracing::info!(
                     "Rebalance: assigned {} partition(s) {partitions:?}; now owning {total}",
@@ -206,9 +219,10 @@ impl Context {
     pub(super) fn new(auth: AuthContext, shared: Arc<Shared>) -> Self {
         Context {
             auth,
-            shared,
             lanes: Mutex::new(HashMap::new()),
+            rotation: Mutex::new(Rotation::new(shared.settings.max_fetching_partitions, TURN)),
             consumer: OnceLock::new(),
+            shared,
         }
     }
 
@@ -278,8 +292,10 @@ impl Context {
         {
             let mut lanes = lock(&self.lanes);
             let mut owned = lock(&shared.owned);
+            let mut rotation = lock(&self.rotation);
             for partition in partitions {
                 owned.remove(partition);
+                rotation.release(*partition);
                 if let Some(lane) = lanes.remove(partition) {
                     lane.state.released.store(true, Ordering::SeqCst);
                     shared.metrics.partition_lag.remove(&PartitionLabel {
@@ -358,6 +374,47 @@ impl Context {
             }
         }
         count
+    }
+
+    /// Makes the pauses and resumes the rotation decided. One librdkafka refuses (a
+    /// partition it no longer knows) is undone in the rotation and logged.
+    pub(super) fn apply(&self, consumer: &BaseConsumer<Self>, changes: &[Change], now: Instant) {
+        for &change in changes {
+            let (partition, park) = match change {
+                Change::Park(p) => (p, true),
+                Change::Resume(p) => (p, false),
+            };
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&self.shared.topic, partition);
+            let result = if park {
+                consumer.pause(&list)
+            } else {
+                consumer.resume(&list)
+            };
+            // librdkafka reports a partition it does not know in the list, not the result.
+            let result = result.and_then(|()| {
+                list.elements()
+                    .first()
+                    .map_or(Ok(()), |element| element.error())
+            });
+            match result {
+                Ok(()) => {
+                    if let Some(state) = lock(&self.shared.owned).get(&partition) {
+                        state.parked.store(park, Ordering::SeqCst);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "librdkafka refused to {} partition {partition} of {}: {e}",
+                        if park { "pause" } else { "resume" },
+                        self.shared.topic
+                    );
+                    lock(&self.rotation).refused(change, now);
+                }
+            }
+        }
+        let parked = lock(&self.rotation).parked();
+        self.shared.metrics.parked_partitions.set(parked as i64);
     }
 
     /// Gives `partition` a librdkafka queue of its own, which wakes the poll thread when

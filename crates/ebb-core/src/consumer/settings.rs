@@ -94,6 +94,10 @@ pub struct ConsumerSettings {
     /// each partition's fetch queue and fetch size by [`fetch_sizes`]
     /// (`--fetch-budget-mib`).
     pub fetch_budget: usize,
+    /// Most partitions with a backlog that librdkafka fetches at once; the others wait
+    /// their turn, paused ([`super::rotation`]). The fetch budget is shared by this many
+    /// partitions, not by all of the topic's (`--max-fetching-partitions`).
+    pub max_fetching_partitions: usize,
     /// Where a group without a committed offset starts: `earliest` or `latest`.
     pub auto_offset_reset: crate::kafka::OffsetReset,
     /// Group protocol and assignor.
@@ -154,6 +158,7 @@ impl ConsumerSettings {
             max_in_flight: 64,
             order_by: OrderBy::Partition,
             fetch_budget: 16 * 1024 * 1024,
+            max_fetching_partitions: 24,
             max_buffered_records: Self::default_max_buffered_records(64, 100, OrderBy::Partition),
             auto_offset_reset: crate::kafka::OffsetReset::Earliest,
             group_protocol: GroupProtocol::Classic {
@@ -175,21 +180,23 @@ impl ConsumerSettings {
     }
 }
 
-/// Per-partition prefetch limits that keep a consumer owning all `partitions` of a topic
-/// within `budget` bytes: what librdkafka may queue per partition
-/// (`queued.max.messages.kbytes`, in KiB) and fetch per partition per request
-/// (`max.partition.fetch.bytes`).
+/// Per-partition prefetch limits that keep a consumer whose `fetching` partitions fetch
+/// at once (the topic's, up to `max_fetching_partitions`) within about `budget` bytes: what
+/// librdkafka may queue per partition (`queued.max.messages.kbytes`, in KiB) and fetch per
+/// partition per request (`max.partition.fetch.bytes`).
 ///
-/// Both must shrink together: a fetched response stays in memory while any of its records
-/// waits in a queue, so what a consumer holds is about partitions × (queue + fetch). Three
-/// quarters of the budget go to the queues and a quarter to the fetches, each within
-/// bounds that keep small topics as fast as ever (1 MiB and 256 KiB per partition, up to
-/// 12 partitions at the default 16 MiB) and huge ones working (64 KiB and
-/// 16 KiB, beyond which the budget is exceeded rather than fetching starve).
-pub fn fetch_sizes(budget: usize, partitions: usize) -> (usize, usize) {
-    let partitions = partitions.max(1);
-    let queue = (budget / 4 * 3 / partitions).clamp(64 * 1024, 1024 * 1024);
-    let fetch = (budget / 4 / partitions).clamp(16 * 1024, 256 * 1024);
+/// The limits count less than what they cost: the queue limit counts keys and values
+/// only, while librdkafka keeps each queued record as an op of about 300 bytes pointing
+/// into its decompressed record batch, and the fetch limit counts compressed bytes of which
+/// Kafka returns at least one whole record batch. Three eighths of each partition's part of
+/// the budget go to its queue limit and an eighth to its fetch size (`bench/consume-rss-100`
+/// measures what that comes to), within bounds that keep small topics as fast as ever
+/// (1 MiB and 256 KiB up to 6 partitions at the default 16 MiB) and huge ones fetching (32 KiB
+/// and 16 KiB, beyond which the budget is exceeded rather than fetching starve).
+pub fn fetch_sizes(budget: usize, fetching: usize) -> (usize, usize) {
+    let eighth = 8 * fetching.max(1);
+    let queue = (budget.saturating_mul(3) / eighth).clamp(32 * 1024, 1024 * 1024);
+    let fetch = (budget / eighth).clamp(16 * 1024, 256 * 1024);
     (queue / 1024, fetch)
 }
 
@@ -202,7 +209,8 @@ pub fn client_config(
     kafka: &KafkaOptions,
     partitions: usize,
 ) -> ClientConfig {
-    let (queue_kib, partition_fetch_bytes) = fetch_sizes(settings.fetch_budget, partitions);
+    let fetching = partitions.min(settings.max_fetching_partitions.max(1));
+    let (queue_kib, partition_fetch_bytes) = fetch_sizes(settings.fetch_budget, fetching);
     let mut config = kafka.client_config();
     config
         .set("group.id", &settings.group)
@@ -300,26 +308,29 @@ mod tests {
     ];
 
     #[test]
-    fn the_fetch_budget_is_shared_by_the_topics_partitions_within_bounds() {
+    fn the_fetch_budget_is_shared_by_the_partitions_fetching_at_once_within_bounds() {
         const MIB: usize = 1024 * 1024;
         // Small topics keep 1 MiB queues and 256 KiB fetches per partition.
+        assert_eq!(fetch_sizes(16 * MIB, 4), (1024, 256 * 1024));
         assert_eq!(fetch_sizes(16 * MIB, 6), (1024, 256 * 1024));
-        assert_eq!(fetch_sizes(16 * MIB, 12), (1024, 256 * 1024));
         assert_eq!(fetch_sizes(16 * MIB, 0), (1024, 256 * 1024));
-        // The reference topic's 100 partitions share it: 122 KiB + 41 KiB each.
-        assert_eq!(fetch_sizes(16 * MIB, 100), (122, 41_943));
-        let (queue_kib, fetch) = fetch_sizes(16 * MIB, 100);
-        assert!(100 * (queue_kib * 1024 + fetch) <= 16 * MIB);
+        // 24 partitions fetching at once (the default most): 256 KiB + 85 KiB each.
+        assert_eq!(fetch_sizes(16 * MIB, 24), (256, 87_381));
+        let (queue_kib, fetch) = fetch_sizes(16 * MIB, 24);
+        assert!(24 * (queue_kib * 1024 + fetch) <= 16 * MIB / 2);
         // Beyond the floors the budget gives way, not the fetching.
-        assert_eq!(fetch_sizes(16 * MIB, 10_000), (64, 16 * 1024));
-        // The keys follow the topic's partitions.
-        let config = client_config(
-            &ConsumerSettings::new("t", "g"),
-            &KafkaOptions::default(),
-            100,
-        );
-        assert_eq!(config.get("queued.max.messages.kbytes"), Some("122"));
-        assert_eq!(config.get("max.partition.fetch.bytes"), Some("41943"));
+        assert_eq!(fetch_sizes(16 * MIB, 10_000), (32, 16 * 1024));
+        // The keys follow the partitions that fetch at once: a topic's up to
+        // `max_fetching_partitions`, beyond which the others wait their turn.
+        let settings = ConsumerSettings::new("t", "g");
+        assert_eq!(settings.max_fetching_partitions, 24);
+        for partitions in [24, 100, 1000] {
+            let config = client_config(&settings, &KafkaOptions::default(), partitions);
+            assert_eq!(config.get("queued.max.messages.kbytes"), Some("256"));
+            assert_eq!(config.get("max.partition.fetch.bytes"), Some("87381"));
+        }
+        let config = client_config(&settings, &KafkaOptions::default(), 12);
+        assert_eq!(config.get("queued.max.messages.kbytes"), Some("512"));
     }
 
     #[test]

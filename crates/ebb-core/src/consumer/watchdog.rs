@@ -38,8 +38,9 @@ pub struct Snapshot {
     /// What the partition may commit: one past the last handled record (in key order,
     /// its lowest record not yet handled); `None` before the first batch.
     pub handled: Option<i64>,
-    /// Records in batches queued for or in the worker, or the sink is being retried
-    /// (the partition is held): slow, not stalled.
+    /// Records in batches queued for or in the worker, the sink is being retried (the
+    /// partition is held), or the partition waits its turn to fetch (parked, see
+    /// [`super::rotation`]): slow, not stalled.
     pub busy: bool,
 }
 
@@ -348,7 +349,10 @@ pub(super) mod runner {
                         fetched_to_end: fetch_queued == 0 && fetch_next >= row.log_end,
                         position: positions.get(&row.partition).copied(),
                         handled: (handled >= 0).then_some(handled),
-                        busy: state.queued_records.load(Ordering::SeqCst) > 0 || state.is_held(),
+                        // A parked partition waits its turn, a few turns at most.
+                        busy: state.queued_records.load(Ordering::SeqCst) > 0
+                            || state.is_held()
+                            || state.parked.load(Ordering::SeqCst),
                     })
                 })
                 .collect(),

@@ -267,9 +267,22 @@ void rd_kafka_q_purge_toppar_version(rd_kafka_q_t *rkq,
         }
 
         /* Move ops to temporary queue and then destroy them from there
-         * without locks to avoid lock-ordering problems in op_destroy() */
-        while ((rko = TAILQ_FIRST(&rkq->rkq_q)) && rko->rko_rktp &&
-               rko->rko_rktp == rktp && rko->rko_version < version) {
+         * without locks to avoid lock-ordering problems in op_destroy().
+         *
+         * Every op is looked at, not only those at the head: the head is
+         * rarely an outdated op of this partition. The version bump that
+         * precedes every purge enqueues a BARRIER op of the new version
+         * with flash priority, i.e. at the head, and stopping there left
+         * every outdated fetched message of a paused partition in its
+         * queue (held in memory, with its fetch buffer, until the
+         * application reads the queue again). Ops without a version
+         * (errors) are never outdated, as in rd_kafka_op_version_outdated(). */
+        next = TAILQ_FIRST(&rkq->rkq_q);
+        while ((rko = next)) {
+                next = TAILQ_NEXT(rko, rko_link);
+                if (rko->rko_rktp != rktp || !rko->rko_version ||
+                    rko->rko_version >= version)
+                        continue;
                 TAILQ_REMOVE(&rkq->rkq_q, rko, rko_link);
                 TAILQ_INSERT_TAIL(&tmpq, rko, rko_link);
                 cnt++;
