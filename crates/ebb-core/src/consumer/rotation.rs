@@ -16,7 +16,8 @@
 //! live traffic the consumer keeps up with) holds next to nothing, takes no slot and is
 //! never parked, so live traffic on many partitions is never delayed by rotation. A newly
 //! assigned or resumed partition counts as having a backlog until a read takes records
-//! and leaves none (an empty queue before its first fetch has arrived says nothing).
+//! and leaves none (an empty queue before its first fetch has arrived says nothing), or
+//! until a whole turn brings it nothing.
 //!
 //! With no more partitions owned than slots nothing is ever parked. This module is pure
 //! (time is passed in): the poll thread reports what it sees and applies the pauses and
@@ -146,6 +147,14 @@ impl Rotation {
         let mut taken = busy.len();
         for (since, partition, took) in busy {
             let fetched = now.saturating_duration_since(since);
+            if !took && fetched >= self.turn {
+                // Nothing came in a whole turn: it is caught up, not waiting for a fetch.
+                if let Some(f) = self.fetching.get_mut(&partition) {
+                    f.backlogged = false;
+                }
+                taken -= 1;
+                continue;
+            }
             let over_slots = taken > self.slots && fetched >= FIRST_LOOK;
             // Full: it took what it could this turn and cannot take more now (its share
             // of the buffer is full, or its writes fail); what is left in its queue is
@@ -247,12 +256,16 @@ mod tests {
         assert!(rotation.is_active());
         assert_eq!(rotation.parked(), 3);
         // Within the turn nothing changes.
+        rotation.observe(0, 100, true);
+        rotation.observe(1, 100, true);
         assert!(rotation.step(t0 + TURN / 2, |_| true).is_empty());
         // At its end both fetching partitions give their slots to the first two waiting.
         let mut changes = rotation.step(t0 + TURN, |_| true);
         changes.sort_by_key(|c| format!("{c:?}"));
         assert_eq!(changes, [Park(0), Park(1), Resume(2), Resume(3)]);
         // Next turn: 4 waited longest, then 0.
+        rotation.observe(2, 100, true);
+        rotation.observe(3, 100, true);
         let changes = rotation.step(t0 + 2 * TURN, |_| true);
         assert!(changes.contains(&Resume(4)) && changes.contains(&Resume(0)));
         assert!(rotation.is_parked(1) && rotation.is_parked(2) && rotation.is_parked(3));
@@ -276,7 +289,8 @@ mod tests {
         assert!(!rotation.is_parked(0) && !rotation.is_parked(1));
         // A backlog on 0 as well: one slot for two, so the one that began to fetch first
         // is parked; a turn later the two swap.
-        rotation.observe(0, 0, true);
+        rotation.observe(0, 10, true);
+        rotation.observe(1, 10, true);
         assert_eq!(rotation.step(t0 + 10 * TURN, |_| true), [Change::Park(0)]);
         assert_eq!(
             rotation.step(t0 + 11 * TURN, |_| true),
@@ -291,12 +305,14 @@ mod tests {
         rotation.assign(0, t0);
         rotation.assign(1, t0);
         rotation.assign(2, t0);
+        rotation.observe(0, 100, true);
         // 1 is held (its sink writes fail): 0 is not parked for it, and 2 goes first.
         assert_eq!(
             rotation.step(t0 + TURN, |p| p != 1),
             [Change::Park(0), Change::Resume(2)]
         );
         // Nobody but 0 could take 2's slot: 2 goes on.
+        rotation.observe(2, 100, true);
         assert!(rotation.step(t0 + 2 * TURN, |p| p == 2).is_empty());
         // 1 recovers and is first in line.
         assert_eq!(
@@ -330,11 +346,27 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_whose_turn_brings_nothing_is_caught_up_and_nothing_stays_parked() {
+        let t0 = Instant::now();
+        let mut rotation = Rotation::new(1, TURN);
+        for p in 0..3 {
+            rotation.assign(p, t0);
+        }
+        // Nothing arrives anywhere (the partitions are at their ends): each turn frees its
+        // slot for the next one without parking anybody again.
+        assert_eq!(rotation.step(t0 + TURN, |_| true), [Change::Resume(1)]);
+        assert_eq!(rotation.step(t0 + 2 * TURN, |_| true), [Change::Resume(2)]);
+        assert!(rotation.step(t0 + 3 * TURN, |_| true).is_empty());
+        assert_eq!(rotation.parked(), 0);
+    }
+
+    #[test]
     fn a_refused_change_is_undone() {
         let t0 = Instant::now();
         let mut rotation = Rotation::new(1, TURN);
         rotation.assign(0, t0);
         rotation.assign(1, t0);
+        rotation.observe(0, 100, true);
         let changes = rotation.step(t0 + TURN, |_| true);
         assert_eq!(changes, [Change::Park(0), Change::Resume(1)]);
         rotation.refused(Change::Resume(1), t0 + TURN);

@@ -23,6 +23,7 @@ mod key_order;
 mod observability;
 mod postgres;
 mod replay;
+mod rotation;
 mod scale;
 mod secrets;
 mod secure;
