@@ -7,7 +7,7 @@
 //! consumer. It never blocks on the sink.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -180,7 +180,7 @@ impl Poller {
             let mut lanes = lock(&context.lanes);
             let mut rotation = lock(&context.rotation);
             let rotating = rotation.is_active();
-            let room = context.room(lanes.len());
+            let share = context.share(lanes.len());
             let slice = 2 * shared.settings.limits.max_records;
             let batch_size = shared.settings.limits.max_records;
             for (&partition, lane) in lanes.iter_mut() {
@@ -189,7 +189,7 @@ impl Poller {
                 }
                 let mut from_lane = 0;
                 let mut drained = false;
-                while from_lane < slice && lane.has_room(&room) {
+                while from_lane < slice && lane.has_room(share) {
                     let Some(queue) = &mut lane.queue else { break };
                     // In key order the records go to many open batches: room is checked
                     // a batch's worth at a time.
@@ -218,7 +218,7 @@ impl Poller {
                 }
                 // In key order a partition can run out of room on its open batches alone;
                 // closed now, they go to their workers instead of waiting out their clocks.
-                if lane.subs.len() > 1 && !lane.has_room(&room) {
+                if lane.subs.len() > 1 && !lane.has_room(share) {
                     context.close_idle_open_batches(lane);
                 }
             }
@@ -252,8 +252,8 @@ impl Poller {
             if rotation.parked() == 0 && !rotation.is_active() {
                 return;
             }
-            let room = context.room(lanes.len());
-            rotation.step(now, |p| lanes.get(&p).is_some_and(|l| l.has_room(&room)))
+            let share = context.share(lanes.len());
+            rotation.step(now, |p| lanes.get(&p).is_some_and(|l| l.has_room(share)))
         };
         context.apply(&self.consumer, &changes, now);
     }
@@ -322,10 +322,10 @@ impl Context {
     fn sweep(&self, now: Instant) -> Instant {
         let mut next = now + SWEEP_EVERY;
         let mut lanes = lock(&self.lanes);
-        let room = self.room(lanes.len());
+        let share = self.share(lanes.len());
         let mut held_back = 0;
         for lane in lanes.values_mut() {
-            if lane.subs.len() > 1 && !lane.has_room(&room) {
+            if lane.subs.len() > 1 && !lane.has_room(share) {
                 self.close_idle_open_batches(lane);
             }
             for (index, sub) in lane.subs.iter_mut().enumerate() {
@@ -347,7 +347,7 @@ impl Context {
                     next = next.min(timeout_check(deadline, now, worker_free));
                 }
             }
-            if !lane.has_room(&room) {
+            if !lane.has_room(share) {
                 held_back += 1;
             }
         }
@@ -386,36 +386,20 @@ impl Context {
         let _ = tx.send(batch);
     }
 
-    /// The room for records of a consumer owning `owned` partitions: the buffer is shared
-    /// by the partitions that may fetch at once, and bounded as a whole.
-    fn room(&self, owned: usize) -> Room<'_> {
+    /// Each owned partition's share of the buffer budget.
+    fn share(&self, owned: usize) -> usize {
         let settings = &self.shared.settings;
-        Room {
-            share: share(
-                settings.max_buffered_records,
-                settings.limits.max_records,
-                owned,
-            ),
-            buffered: &self.shared.buffered_records,
-            max_buffered: settings.max_buffered_records,
-        }
+        share(
+            settings.max_buffered_records,
+            settings.limits.max_records,
+            owned,
+        )
     }
 }
 
-/// How many records a partition may hold in closed batches now.
-struct Room<'a> {
-    /// Each partition's share of the buffer.
-    share: usize,
-    /// Records in closed batches across partitions, and their bound: a parked partition
-    /// keeps the batches of its turn, so the shares of the fetching ones alone do not bound
-    /// the buffer.
-    buffered: &'a AtomicUsize,
-    max_buffered: usize,
-}
-
-/// Each of `fetching` partitions' share of `max_buffered_records`, at least two batches.
-fn share(max_buffered_records: usize, batch_size: usize, fetching: usize) -> usize {
-    (max_buffered_records / fetching.max(1)).max(2 * batch_size)
+/// Each of `owned` partitions' share of `max_buffered_records`, at least two batches.
+fn share(max_buffered_records: usize, batch_size: usize, owned: usize) -> usize {
+    (max_buffered_records / owned.max(1)).max(2 * batch_size)
 }
 
 /// How many records to take from a partition's queue in one call: up to the end of the
@@ -441,14 +425,12 @@ impl Lane {
     /// the open batch does not count, so it always fills up (memory: a share plus one
     /// batch); in key order the open batches count, since there are many of them (memory:
     /// a share plus one read).
-    fn has_room(&self, room: &Room<'_>) -> bool {
+    fn has_room(&self, share: usize) -> bool {
         let open = match self.subs.len() {
             1 => 0,
             _ => self.open_records(),
         };
-        !self.state.is_held()
-            && self.state.queued_records.load(Ordering::SeqCst) + open < room.share
-            && room.buffered.load(Ordering::SeqCst) < room.max_buffered
+        !self.state.is_held() && self.state.queued_records.load(Ordering::SeqCst) + open < share
     }
 
     /// Records in the sub-lanes' open batches.
@@ -544,6 +526,7 @@ impl Summary {
         let partitions = lock(lanes).len();
         let paused = shared.metrics.paused_partitions.get();
         let parked = shared.metrics.parked_partitions.get();
+
         let lag: i64 = lock(&shared.owned)
             .values()
             .map(|s| s.lag.load(Ordering::Relaxed).max(0))

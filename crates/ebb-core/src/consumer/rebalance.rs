@@ -288,6 +288,18 @@ impl Context {
         commit: bool,
     ) -> usize {
         let shared = &self.shared;
+        // Paused first: librdkafka then stops fetching them and drops what it had queued
+        // for them, which nobody reads any more (their queues are dropped below and would
+        // otherwise be filled to their limits while the in-flight batches finish).
+        // librdkafka keeps the pause across the unassignment; an assignment resumes or
+        // parks every partition it hands over (`Rotation::assign`).
+        let mut paused = TopicPartitionList::new();
+        for &partition in partitions {
+            paused.add_partition(&shared.topic, partition);
+        }
+        if let Err(e) = consumer.pause(&paused) {
+            tracing::debug!("Pausing released partitions {partitions:?}: {e}");
+        }
         let mut released = Vec::new();
         {
             let mut lanes = lock(&self.lanes);

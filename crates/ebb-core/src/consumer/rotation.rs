@@ -147,8 +147,9 @@ impl Rotation {
         let mut taken = busy.len();
         for (since, partition, took) in busy {
             let fetched = now.saturating_duration_since(since);
-            if !took && fetched >= self.turn {
-                // Nothing came in a whole turn: it is caught up, not waiting for a fetch.
+            if !took && fetched >= self.turn && may_fetch(partition) {
+                // Nothing came in a whole turn with room to take it: it is caught up, not
+                // waiting for a fetch.
                 if let Some(f) = self.fetching.get_mut(&partition) {
                     f.backlogged = false;
                 }
@@ -157,10 +158,11 @@ impl Rotation {
             }
             let over_slots = taken > self.slots && fetched >= FIRST_LOOK;
             // Full: it took what it could this turn and cannot take more now (its share
-            // of the buffer is full, or its writes fail); what is left in its queue is
-            // fetched again on its next turn.
+            // of the buffer is full, or its writes fail). What is left in its queue would
+            // only hold memory until the sink catches up, waiting or not: it is fetched
+            // again on its next turn.
             let full = took && !may_fetch(partition);
-            if over_slots || (someone_waits && (full || fetched >= self.turn)) {
+            if over_slots || full || (someone_waits && fetched >= self.turn) {
                 self.fetching.remove(&partition);
                 self.waiting.push_back(partition);
                 changes.push(Change::Park(partition));
@@ -340,9 +342,11 @@ mod tests {
             rotation.step(t0 + 3 * STEP, |p| p == 1),
             [Change::Park(0), Change::Resume(1)]
         );
-        // Nobody else may fetch: a full partition keeps its slot.
+        // Nobody else may fetch: a full partition still gives its slot (and its queue) up.
         rotation.observe(1, 200, true);
-        assert!(rotation.step(t0 + 4 * STEP, |_| false).is_empty());
+        assert_eq!(rotation.step(t0 + 4 * STEP, |_| false), [Change::Park(1)]);
+        // It fetches again once it has room.
+        assert_eq!(rotation.step(t0 + 5 * STEP, |_| true), [Change::Resume(0)]);
     }
 
     #[test]
