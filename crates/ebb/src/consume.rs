@@ -105,12 +105,12 @@ pub struct ConsumeArgs {
 
     /// Most partitions with a backlog fetched at once, so that memory does not grow with
     /// the partitions owned. Beyond it, partitions with a backlog take turns: each fetches
-    /// until its part of the buffer is full, or for 500 ms, while the others wait paused
-    /// (what the client had prefetched for a paused partition is dropped and fetched again
-    /// on its next turn). Partitions that are caught up never wait. A consumer whose sink
-    /// writes take tens of milliseconds and that owns more partitions than this processes
-    /// fewer of them at once: raise it, up to the partitions owned, for throughput at the
-    /// cost of memory.
+    /// until it has taken what its share of the buffer allows, or for 500 ms while others
+    /// wait; the others wait paused (what the client had prefetched for a paused
+    /// partition is dropped and fetched again on its next turn). Partitions that are
+    /// caught up never wait. Refetching costs a CPU-bound consumer of many partitions with a
+    /// backlog about 15 % of its rate: raise it, up to the partitions owned (which turns
+    /// rotation off), for that throughput at the cost of memory.
     #[arg(long, env = "EBB_MAX_FETCHING_PARTITIONS", default_value_t = 24,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     max_fetching_partitions: u32,
