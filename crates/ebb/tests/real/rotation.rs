@@ -4,6 +4,7 @@
 //! revoked and handed back (librdkafka keeps a partition's pause across an unassignment)
 //! fetch again.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -41,6 +42,34 @@ fn spawn_member(
     let mut member = Running::spawn(command);
     let metrics = member.address("--metrics-addr");
     (member, file, metrics)
+}
+
+/// Waits for the group to commit every record and for no partition of `member` to wait its
+/// turn (each one left finds nothing in a turn), then stops it.
+fn finish_caught_up(
+    member: Running,
+    metrics: &str,
+    group: &str,
+    topic: &str,
+    ends: &HashMap<i32, i64>,
+) {
+    wait_until(
+        "the group to commit every record",
+        Duration::from_secs(180),
+        || {
+            let committed = committed_offsets(&kafka(), group, topic);
+            ends.iter()
+                .all(|(p, end)| committed.get(p).copied().unwrap_or(0) >= *end)
+        },
+    );
+    wait_until(
+        "no partition to wait its turn",
+        Duration::from_secs(10),
+        || metric(metrics, "ebb_consumer_parked_partitions") == Some(0.0),
+    );
+    member.signal(libc::SIGTERM);
+    let out = member.finish(Duration::from_secs(40));
+    assert!(out.status.success(), "a member stopped with {}", out.status);
 }
 
 #[test]
@@ -92,28 +121,7 @@ fn partitions_beyond_the_fetching_limit_take_turns_through_rebalances_losing_and
         },
     );
 
-    wait_until(
-        "the group to commit every record",
-        Duration::from_secs(180),
-        || {
-            let committed = committed_offsets(&kafka(), &group, &topic);
-            ends.iter()
-                .all(|(p, end)| committed.get(p).copied().unwrap_or(0) >= *end)
-        },
-    );
-    // Caught up, nothing stays parked: each partition left finds nothing in a turn.
-    wait_until(
-        "no partition to wait its turn",
-        Duration::from_secs(10),
-        || metric(&first_metrics, "ebb_consumer_parked_partitions") == Some(0.0),
-    );
-    first.signal(libc::SIGTERM);
-    let out = first.finish(Duration::from_secs(40));
-    assert!(
-        out.status.success(),
-        "the first member stopped with {}",
-        out.status
-    );
+    finish_caught_up(first, &first_metrics, &group, &topic, &ends);
 
     let audit = audit(&[first_file.as_path(), second_file.as_path()], &ends);
     assert_eq!(audit.gaps, 0, "{audit:?}");
@@ -134,27 +142,7 @@ fn partitions_parked_at_assignment_fetch_as_the_others_catch_up() {
     // No sink time: 10 of the 12 partitions start parked, and each slot passes on as the
     // partition holding it catches up (or its turn ends).
     let (member, file, addr) = spawn_member(&topic, &group, 2, "0ms");
-    wait_until(
-        "the group to commit every record",
-        Duration::from_secs(120),
-        || {
-            let committed = committed_offsets(&kafka(), &group, &topic);
-            ends.iter()
-                .all(|(p, end)| committed.get(p).copied().unwrap_or(0) >= *end)
-        },
-    );
-    wait_until(
-        "no partition to wait its turn",
-        Duration::from_secs(10),
-        || metric(&addr, "ebb_consumer_parked_partitions") == Some(0.0),
-    );
-    member.signal(libc::SIGTERM);
-    let out = member.finish(Duration::from_secs(40));
-    assert!(
-        out.status.success(),
-        "the member stopped with {}",
-        out.status
-    );
+    finish_caught_up(member, &addr, &group, &topic, &ends);
     let audit = audit(&[file.as_path()], &ends);
     assert_eq!(
         (
