@@ -104,11 +104,11 @@ pub struct ConsumeArgs {
     fetch_budget_mib: u32,
 
     /// Most partitions with a backlog fetched at once, so that memory does not grow with
-    /// the partitions owned. Beyond it, partitions with a backlog take turns: each fetches
-    /// until it has taken what its share of the buffer allows, or for 500 ms while others
-    /// wait; the others wait paused (what the client had prefetched for a paused
-    /// partition is dropped and fetched again on its next turn). Partitions that are
-    /// caught up never wait. Refetching costs a CPU-bound consumer of many partitions with a
+    /// the partitions owned. Beyond it, partitions with a backlog take turns of 500 ms
+    /// while others wait; the others wait paused (what the client had prefetched for a
+    /// paused partition is dropped and fetched again on its next turn). A partition whose
+    /// sink is slower than its fetches gives its turn up once its share of the buffer is
+    /// full, however few partitions there are. Partitions that are caught up never wait. Refetching costs a CPU-bound consumer of many partitions with a
     /// backlog about 15 % of its rate: raise it, up to the partitions owned (which turns
     /// rotation off), for that throughput at the cost of memory.
     #[arg(long, env = "EBB_MAX_FETCHING_PARTITIONS", default_value_t = 24,

@@ -174,12 +174,10 @@ impl Poller {
         }
 
         // Each partition with room, a slice at a time so all of them move; parked ones
-        // wait their turn. While the rotation has partitions to rotate, it is told which
-        // of them were left with records in their queues.
+        // wait their turn. The rotation is told what each read took and left.
         {
             let mut lanes = lock(&context.lanes);
             let mut rotation = lock(&context.rotation);
-            let rotating = rotation.is_active();
             let share = context.share(lanes.len());
             let slice = 2 * shared.settings.limits.max_records;
             let batch_size = shared.settings.limits.max_records;
@@ -213,7 +211,7 @@ impl Poller {
                     }
                 }
                 taken += from_lane;
-                if rotating && let Some(queue) = &lane.queue {
+                if let Some(queue) = &lane.queue {
                     rotation.observe(partition, from_lane, !drained && !queue.is_empty());
                 }
                 // In key order a partition can run out of room on its open batches alone;
@@ -249,9 +247,6 @@ impl Poller {
         let changes = {
             let lanes = lock(&context.lanes);
             let mut rotation = lock(&context.rotation);
-            if rotation.parked() == 0 && !rotation.is_active() {
-                return;
-            }
             let share = context.share(lanes.len());
             rotation.step(now, |p| lanes.get(&p).is_some_and(|l| l.has_room(share)))
         };

@@ -19,7 +19,10 @@
 //! and leaves none (an empty queue before its first fetch has arrived says nothing), or
 //! until a whole turn brings it nothing.
 //!
-//! With no more partitions owned than slots nothing is ever parked. This module is pure
+//! A partition whose sink is slower than its fetches (it took records and has no room)
+//! gives its fetch up however few partitions there are, and fetches again once it has
+//! room: its queue would otherwise hold a fetched batch until the sink catches up. With no
+//! more partitions than slots, that is the only parking. This module is pure
 //! (time is passed in): the poll thread reports what it sees and applies the pauses and
 //! resumes it is given.
 
@@ -86,12 +89,6 @@ impl Rotation {
             fetching: HashMap::new(),
             waiting: VecDeque::new(),
         }
-    }
-
-    /// More partitions are owned than there are slots, so some may be parked: only then
-    /// does the poll thread need to report backlogs.
-    pub fn is_active(&self) -> bool {
-        self.fetching.len() + self.waiting.len() > self.slots
     }
 
     /// A newly assigned partition: it fetches if a slot is free, else it waits. The
@@ -254,13 +251,12 @@ mod tests {
     }
 
     #[test]
-    fn no_more_partitions_than_slots_are_never_parked() {
+    fn no_more_partitions_than_slots_with_room_are_never_parked() {
         let now = Instant::now();
         let mut rotation = Rotation::new(4, TURN);
         for p in 0..4 {
             assert_eq!(rotation.assign(p, now), Change::Resume(p));
         }
-        assert!(!rotation.is_active());
         for i in 1..1000 {
             assert!(rotation.step(now + STEP * i, |_| true).is_empty());
         }
@@ -273,7 +269,6 @@ mod tests {
         let assigned: Vec<Change> = (0..5).map(|p| rotation.assign(p, t0)).collect();
         use Change::*;
         assert_eq!(assigned, [Resume(0), Resume(1), Park(2), Park(3), Park(4)]);
-        assert!(rotation.is_active());
         assert_eq!(rotation.parked(), 3);
         // Within the turn nothing changes.
         rotation.observe(0, 100, true);
@@ -420,7 +415,6 @@ mod tests {
         rotation.assign(1, t0);
         rotation.release(1);
         assert_eq!(rotation.parked(), 0);
-        assert!(!rotation.is_active());
         rotation.release(0);
         assert_eq!(rotation.assign(1, t0), Change::Resume(1));
         assert_eq!(rotation.assign(1, t0), Change::Resume(1), "idempotent");
