@@ -501,36 +501,30 @@ pub(crate) fn child_kafka_settings(
             kafka.security_protocol.as_str().to_string(),
         ),
     ];
-    let password_file = args
-        .sasl_password_file
-        .as_ref()
-        .map(|p| p.display().to_string());
-    let password = match password_file {
-        Some(_) => ("KAFKA_SASL_PASSWORD_FILE", &password_file),
-        None => ("KAFKA_SASL_PASSWORD", &kafka.sasl_password),
-    };
-    let username_file = args
-        .sasl_username_file
-        .as_ref()
-        .map(|p| p.display().to_string());
-    let username = match username_file {
-        Some(_) => ("KAFKA_SASL_USERNAME_FILE", &username_file),
-        None => ("KAFKA_SASL_USERNAME", &kafka.sasl_username),
-    };
+    let username = file_or_value(
+        args.sasl_username_file.as_deref(),
+        ("KAFKA_SASL_USERNAME_FILE", "KAFKA_SASL_USERNAME"),
+        &kafka.sasl_username,
+    );
+    let password = file_or_value(
+        args.sasl_password_file.as_deref(),
+        ("KAFKA_SASL_PASSWORD_FILE", "KAFKA_SASL_PASSWORD"),
+        &kafka.sasl_password,
+    );
     for (key, value) in [
-        ("KAFKA_SASL_MECHANISM", &kafka.sasl_mechanism),
+        ("KAFKA_SASL_MECHANISM", kafka.sasl_mechanism.clone()),
         username,
         password,
-        ("KAFKA_SSL_CA_LOCATION", &kafka.ssl_ca_location),
+        ("KAFKA_SSL_CA_LOCATION", kafka.ssl_ca_location.clone()),
         (
             "KAFKA_SSL_CERTIFICATE_LOCATION",
-            &kafka.ssl_certificate_location,
+            kafka.ssl_certificate_location.clone(),
         ),
-        ("KAFKA_SSL_KEY_LOCATION", &kafka.ssl_key_location),
-        ("AWS_REGION", &kafka.aws_region),
+        ("KAFKA_SSL_KEY_LOCATION", kafka.ssl_key_location.clone()),
+        ("AWS_REGION", kafka.aws_region.clone()),
     ] {
         if let Some(value) = value {
-            env.push((key, value.clone()));
+            env.push((key, value));
         }
     }
     if !kafka.extra.is_empty() {
@@ -542,6 +536,19 @@ pub(crate) fn child_kafka_settings(
         env.push(("EBB_KAFKA_PROPERTIES", properties.join("\n")));
     }
     env
+}
+
+/// A secret's variable for a child: the file it was read from (`keys.0`), so that the child
+/// reads the file itself, else the value (`keys.1`).
+fn file_or_value(
+    file: Option<&std::path::Path>,
+    keys: (&'static str, &'static str),
+    value: &Option<String>,
+) -> (&'static str, Option<String>) {
+    match file {
+        Some(path) => (keys.0, Some(path.display().to_string())),
+        None => (keys.1, value.clone()),
+    }
 }
 
 /// Runs this `ebb` executable with `args` and extra `env`, its output going to `log`.

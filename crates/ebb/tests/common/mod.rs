@@ -108,6 +108,36 @@ pub fn consume_command(topic: &str, group: &str) -> Command {
     command
 }
 
+/// `ebb consume` as a member of a group under churn: the file sink writing to `file`
+/// after `sink_delay` per batch of `batch_size`, commits every 200 ms, heartbeats every
+/// 300 ms, no dead-letter topic, metrics on a port of its own; the caller adds the rest.
+pub fn churn_member_command(
+    topic: &str,
+    group: &str,
+    file: &Path,
+    sink_delay: &str,
+    batch_size: &str,
+) -> Command {
+    let mut command = consume_command(topic, group);
+    command
+        .args(["--sink", "file", "--sink-file"])
+        .arg(file)
+        .args(["--sink-delay", sink_delay, "--batch-size", batch_size])
+        .args([
+            "--commit-interval",
+            "200ms",
+            "--heartbeat-interval",
+            "300ms",
+        ])
+        .args([
+            "--dead-letter-topic",
+            "none",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ]);
+    command
+}
+
 /// Starts `ebb consume` with the file sink writing to `file`.
 pub fn spawn_consumer(topic: &str, group: &str, file: &Path, extra: &[&str]) -> Process {
     Process::spawn(

@@ -15,24 +15,8 @@ const PARTITIONS: u32 = 6;
 /// leaves at most a partial last line there, which the readers skip).
 fn spawn_member(topic: &str, group: &str, n: usize) -> (Running, PathBuf) {
     let file = temp_file(&format!("member-{n}.jsonl"));
-    let mut command = consume_command(topic, group);
-    command
-        .args(["--ordering", "key", "--key-lanes", "8"])
-        .args(["--sink", "file", "--sink-file"])
-        .arg(&file)
-        .args(["--sink-delay", "50ms", "--batch-size", "20"])
-        .args([
-            "--commit-interval",
-            "200ms",
-            "--heartbeat-interval",
-            "300ms",
-        ])
-        .args([
-            "--dead-letter-topic",
-            "none",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ]);
+    let mut command = churn_member_command(topic, group, &file, "50ms", "20");
+    command.args(["--ordering", "key", "--key-lanes", "8"]);
     (Running::spawn(command), file)
 }
 

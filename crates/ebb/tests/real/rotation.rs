@@ -21,24 +21,8 @@ fn spawn_member(
     sink_delay: &str,
 ) -> (Running, PathBuf, String) {
     let file = temp_file(&format!("rotation-{n}.jsonl"));
-    let mut command = consume_command(topic, group);
-    command
-        .args(["--max-fetching-partitions", "2"])
-        .args(["--sink", "file", "--sink-file"])
-        .arg(&file)
-        .args(["--sink-delay", sink_delay, "--batch-size", "50"])
-        .args([
-            "--commit-interval",
-            "200ms",
-            "--heartbeat-interval",
-            "300ms",
-        ])
-        .args([
-            "--dead-letter-topic",
-            "none",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ]);
+    let mut command = churn_member_command(topic, group, &file, sink_delay, "50");
+    command.args(["--max-fetching-partitions", "2"]);
     let mut member = Running::spawn(command);
     let metrics = member.address("--metrics-addr");
     (member, file, metrics)
