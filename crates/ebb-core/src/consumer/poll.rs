@@ -108,6 +108,9 @@ pub(super) struct Poller {
     next_sweep: Instant,
     /// When the fetch rotation is next stepped.
     next_rotation: Instant,
+    /// The rebalance count last seen: a rebalance counts as activity, so that an idle stop
+    /// never comes right after a slow join, before the first fetch.
+    seen_rebalances: u64,
 }
 
 impl Poller {
@@ -122,6 +125,7 @@ impl Poller {
             last_activity: Instant::now(),
             next_sweep: Instant::now(),
             next_rotation: Instant::now(),
+            seen_rebalances: 0,
         }
     }
 
@@ -134,7 +138,10 @@ impl Poller {
         if now >= self.next_sweep {
             self.next_sweep = context.sweep(now);
             self.summary.maybe_log(shared, &context.lanes);
-            if shared.busy_batches.load(Ordering::SeqCst) > 0 {
+            let rebalances = shared.rebalances.load(Ordering::SeqCst);
+            if shared.busy_batches.load(Ordering::SeqCst) > 0 || rebalances != self.seen_rebalances
+            {
+                self.seen_rebalances = rebalances;
                 self.last_activity = now;
             }
             if let Some(idle) = shared.settings.stop_after_idle
