@@ -274,11 +274,25 @@ impl Running {
         signal(&self.child, signal_number);
     }
 
-    /// Waits for it to exit (killing it after `limit`); its output, stderr included.
+    /// Waits for it to exit (killing it after `limit`); its output, stderr included. If it
+    /// has to be killed, the panic shows the end of its log (its stderr goes to a file).
     pub fn finish(self, limit: Duration) -> Output {
-        let mut out = finish(self.child, limit);
-        out.stderr = std::fs::read(&self.stderr).unwrap_or_default();
-        out
+        let log = self.stderr.clone();
+        let waited =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| finish(self.child, limit)));
+        let stderr = std::fs::read(&log).unwrap_or_default();
+        match waited {
+            Ok(mut out) => {
+                out.stderr = stderr;
+                out
+            }
+            Err(_) => {
+                let text = String::from_utf8_lossy(&stderr);
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+                panic!("process did not exit within {limit:?}; the end of its log:\n{tail}")
+            }
+        }
     }
 }
 
